@@ -1,0 +1,11 @@
+"""The attention zoo: one module per file, all reachable by name through the registry.
+
+Importing this package registers every built-in module.
+"""
+
+from .registry import create_attention, get_attention_class, list_attentions, register_attention
+
+# Each import below registers its module(s) with the registry.
+from . import identity  # noqa: F401  (registers "none")
+
+__all__ = ["create_attention", "get_attention_class", "list_attentions", "register_attention"]
