@@ -1,0 +1,199 @@
+"""YOLOv5-style detection loss: CIoU box, BCE objectness (target = IoU), BCE class.
+
+Targets are matched to anchors by width/height ratio (a target goes to every anchor whose
+ratio to it is below ``anchor_t`` on both sides), and to three cells per level: the cell
+holding its centre and the two neighbours nearest to the centre (the "0.5 offset" trick),
+which triples the positives and lets a cell predict centres in ``(-0.5, 1.5)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import complete_box_iou_loss
+
+# YOLOv5 hyp.scratch-low values; they are the reference for training from scratch and hold up
+# on small datasets. The gains are rescaled in ``YoloLoss.__init__`` (see there).
+DEFAULT_HYP: dict[str, float] = {
+    "box": 0.05,  # box loss gain
+    "obj": 1.0,  # objectness loss gain
+    "cls": 0.5,  # class loss gain
+    "anchor_t": 4.0,  # a target matches an anchor if max(w/wa, wa/w, h/ha, ha/h) < anchor_t
+    "label_smoothing": 0.0,  # epsilon of label smoothing on the class BCE targets
+    "cls_pw": 1.0,  # positive weight of the class BCE
+    "obj_pw": 1.0,  # positive weight of the objectness BCE
+    "img_size": 640,  # training image size; the objectness gain scales with (img_size / 640)^2
+}
+
+# Objectness weight per level (P3, P4, P5): small-stride maps have many more negative cells.
+BALANCE = (4.0, 1.0, 0.4)
+
+# Subtracted from the centre (times 0.5) to reach: its own cell, then the left, upper, right and
+# lower neighbour.
+_OFFSETS = torch.tensor([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], dtype=torch.float32)
+
+
+def _grid_anchors(model: nn.Module) -> Tensor:
+    """Anchors of ``model`` in grid units of each level: (nl, na, 2)."""
+    anchors = model.detect.anchors.detach().float()
+    stride = torch.as_tensor(model.stride, dtype=torch.float32, device=anchors.device)
+    return anchors / stride.view(-1, 1, 1)
+
+
+class YoloLoss:
+    """YOLOv5-6.x loss for MAY's raw outputs.
+
+    Args:
+        model: the detector (or a DDP wrapper around it); read for ``detect.anchors`` (pixels,
+            ``(nl, na, 2)``), ``stride`` (``(nl,)``) and ``num_classes``. Anchors are read at every
+            call, so anchors refitted after construction (autoanchor) are used.
+        hyp: overrides of :data:`DEFAULT_HYP`. The gains are scaled as in YOLOv5 so one set
+            of hyperparameters works across class counts, level counts and image sizes:
+            ``box *= 3/nl``, ``cls *= nc/80 * 3/nl``, ``obj *= (img_size/640)^2 * 3/nl``.
+
+    ``__call__(raw, targets)``:
+        raw: list of ``nl`` tensors ``(B, na, h_i, w_i, 5 + nc)`` of logits (``model.train()`` output).
+        targets: ``(N, 6)`` rows ``[img_idx, cls, cx, cy, w, h]``, box normalised to the input image.
+        Returns ``(loss, items)``: ``loss`` a scalar equal to ``(box + obj + cls) * B`` (YOLOv5
+        convention, so the gradient scales with batch size) and ``items`` the detached ``(3,)``
+        ``[box, obj, cls]`` per-image losses for logging.
+    """
+
+    def __init__(self, model: nn.Module, hyp: dict[str, Any] | None = None) -> None:
+        # hyp dicts are shared with the trainer, which keeps other keys (lr, augmentation) in them
+        self.hyp = {**DEFAULT_HYP, **{k: v for k, v in (hyp or {}).items() if k in DEFAULT_HYP}}
+        self.model = model.module if hasattr(model, "module") else model
+        self.nc = int(self.model.num_classes)
+        anchors = self.model.detect.anchors
+        self.nl, self.na = int(anchors.shape[0]), int(anchors.shape[1])
+        if not 1 <= self.nl <= 5:
+            raise ValueError(f"YoloLoss supports 1 to 5 detection levels, the model has {self.nl}")
+        # YOLOv5's balance for other level counts (P3-P7)
+        self.balance = BALANCE if self.nl == 3 else (4.0, 1.0, 0.25, 0.06, 0.02)[: self.nl]
+        scale = 3.0 / self.nl
+        self.box_gain = float(self.hyp["box"]) * scale
+        self.cls_gain = float(self.hyp["cls"]) * self.nc / 80.0 * scale
+        self.obj_gain = float(self.hyp["obj"]) * (float(self.hyp["img_size"]) / 640.0) ** 2 * scale
+        self.anchor_t = float(self.hyp["anchor_t"])
+        eps = float(self.hyp["label_smoothing"])
+        # label smoothing as in YOLOv5 (BCE targets 1 - eps/2 and eps/2)
+        self.cls_pos, self.cls_neg = 1.0 - 0.5 * eps, 0.5 * eps
+
+    def __call__(self, raw: list[Tensor], targets: Tensor) -> tuple[Tensor, Tensor]:
+        """raw: nl x (B, na, h, w, 5+nc) logits; targets: (N, 6). Returns (scalar, (3,))."""
+        if len(raw) != self.nl:
+            raise ValueError(f"YoloLoss expects {self.nl} output levels, got {len(raw)}")
+        for i, p in enumerate(raw):
+            if p.dim() != 5 or p.shape[1] != self.na or p.shape[-1] != 5 + self.nc:
+                raise ValueError(
+                    f"raw output {i} has shape {tuple(p.shape)}; expected (B, {self.na}, h, w, {5 + self.nc})"
+                )
+        if targets.dim() != 2 or targets.shape[1] != 6:
+            raise ValueError(f"targets must be (N, 6) [img, cls, cx, cy, w, h], got {tuple(targets.shape)}")
+        device = raw[0].device
+        targets = targets.to(device=device, dtype=torch.float32)
+        # the loss is computed in float32 even under autocast: BCE and CIoU are unstable in fp16
+        raw = [p.float() for p in raw]
+        anchors = _grid_anchors(self.model).to(device)
+        tcls, tbox, indices = self.build_targets(raw, targets)
+
+        pos_weight_cls = torch.tensor([float(self.hyp["cls_pw"])], device=device)
+        pos_weight_obj = torch.tensor([float(self.hyp["obj_pw"])], device=device)
+        lbox = torch.zeros((), device=device)
+        lobj = torch.zeros((), device=device)
+        lcls = torch.zeros((), device=device)
+        for i, p in enumerate(raw):
+            b, a, gj, gi = indices[i]
+            tobj = torch.zeros(p.shape[:4], device=device)
+            n = b.shape[0]
+            if n:
+                pxy, pwh, _, pcls = p[b, a, gj, gi].split((2, 2, 1, self.nc), dim=1)
+                # the same decoding as the model's eval path, in grid units relative to the cell
+                pxy = pxy.sigmoid() * 2 - 0.5
+                pwh = (pwh.sigmoid() * 2) ** 2 * anchors[i][a]
+                ciou = bbox_ciou(_cxcywh_to_xyxy(pxy, pwh), _cxcywh_to_xyxy(*tbox[i].split(2, 1)))
+                lbox = lbox + (1.0 - ciou).mean()
+                # objectness learns to predict the box quality, not just presence
+                tobj[b, a, gj, gi] = ciou.detach().clamp(min=0)
+                if self.nc > 1:  # with one class, objectness already is the class score
+                    t = torch.full_like(pcls, self.cls_neg)
+                    t[torch.arange(n, device=device), tcls[i]] = self.cls_pos
+                    lcls = lcls + nn.functional.binary_cross_entropy_with_logits(pcls, t, pos_weight=pos_weight_cls)
+            lobj = lobj + self.balance[i] * nn.functional.binary_cross_entropy_with_logits(
+                p[..., 4], tobj, pos_weight=pos_weight_obj
+            )
+        lbox = lbox * self.box_gain
+        lobj = lobj * self.obj_gain
+        lcls = lcls * self.cls_gain
+        bs = raw[0].shape[0]
+        return (lbox + lobj + lcls) * bs, torch.stack((lbox, lobj, lcls)).detach()
+
+    @torch.no_grad()
+    def build_targets(
+        self, raw: list[Tensor], targets: Tensor
+    ) -> tuple[list[Tensor], list[Tensor], list[tuple[Tensor, Tensor, Tensor, Tensor]]]:
+        """Assign targets to (level, anchor, cell).
+
+        Args:
+            raw: nl x (B, na, h, w, 5+nc) (only the grid sizes are read).
+            targets: (N, 6) [img, cls, cx, cy, w, h] normalised.
+        Returns per level ``i``:
+            ``tcls[i]`` (M,) class, ``tbox[i]`` (M, 4) ``[x, y, w, h]`` in grid units with x, y
+            relative to the assigned cell's corner, ``indices[i]`` = (img, anchor, gj, gi), each (M,).
+        """
+        device = targets.device
+        anchors = _grid_anchors(self.model).to(device)
+        nt = targets.shape[0]
+        # one copy of every target per anchor, with the anchor index appended: (na, nt, 7)
+        ai = torch.arange(self.na, device=device, dtype=torch.float32).view(self.na, 1).expand(self.na, nt)
+        t_all = torch.cat((targets.unsqueeze(0).expand(self.na, nt, 6), ai.unsqueeze(-1)), dim=2)
+        offsets_table = _OFFSETS.to(device) * 0.5
+        tcls, tbox, indices = [], [], []
+        for i, p in enumerate(raw):
+            h, w = p.shape[2], p.shape[3]
+            gain = torch.tensor([1, 1, w, h, w, h, 1], device=device, dtype=torch.float32)
+            t = t_all * gain  # boxes in grid units of this level
+            if nt:
+                r = t[..., 4:6] / anchors[i].unsqueeze(1)
+                match = torch.max(r, 1.0 / r).max(dim=2).values < self.anchor_t  # (na, nt)
+                t = t[match]
+                gxy = t[:, 2:4]
+                gxy_inv = gain[[2, 3]] - gxy
+                # a neighbour is used when the centre lies in the half of the cell facing it,
+                # and the neighbour exists (the "> 1" keeps it inside the grid)
+                left, up = ((gxy % 1 < 0.5) & (gxy > 1)).T
+                right, down = ((gxy_inv % 1 < 0.5) & (gxy_inv > 1)).T
+                use = torch.stack((torch.ones_like(left), left, up, right, down))  # (5, M)
+                t = t.unsqueeze(0).expand(5, -1, -1)[use]
+                offsets = (torch.zeros_like(gxy).unsqueeze(0) + offsets_table.unsqueeze(1))[use]
+            else:
+                t = t_all[0]
+                offsets = torch.zeros((0, 2), device=device)
+            b, c = t[:, 0].long(), t[:, 1].long()
+            gxy, gwh, a = t[:, 2:4], t[:, 4:6], t[:, 6].long()
+            gij = (gxy - offsets).long()
+            gi = gij[:, 0].clamp(0, w - 1)
+            gj = gij[:, 1].clamp(0, h - 1)
+            indices.append((b, a, gj, gi))
+            tbox.append(torch.cat((gxy - torch.stack((gi, gj), 1), gwh), 1))
+            tcls.append(c)
+        return tcls, tbox, indices
+
+
+def bbox_ciou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Complete IoU (Zheng et al. 2020) of paired boxes: (M, 4), (M, 4) xyxy -> (M,).
+
+    ``IoU - rho^2 / c^2 - alpha * v`` with ``alpha`` treated as a constant in backward, as
+    the paper prescribes; torchvision's loss is ``1 - CIoU``.
+    """
+    return 1.0 - complete_box_iou_loss(boxes1, boxes2)
+
+
+def _cxcywh_to_xyxy(xy: Tensor, wh: Tensor) -> Tensor:
+    """(M, 2), (M, 2) -> (M, 4) corners."""
+    return torch.cat((xy - wh / 2, xy + wh / 2), dim=1)
+
+
+__all__ = ["BALANCE", "DEFAULT_HYP", "YoloLoss", "bbox_ciou"]

@@ -1,0 +1,285 @@
+"""YoloLoss: target assignment, loss values and gradients against float64 references."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from mlca.engine.loss import BALANCE, DEFAULT_HYP, YoloLoss, bbox_ciou
+
+ANCHORS = [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]]
+STRIDES = (8, 16, 32)
+
+
+class FakeDetector(nn.Module):
+    """Only what YoloLoss reads from MAY: detect.anchors (pixels), stride, num_classes."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.detect = nn.Module()
+        self.detect.register_buffer("anchors", torch.tensor(ANCHORS, dtype=torch.float32).view(3, 3, 2))
+        self.register_buffer("stride", torch.tensor(STRIDES, dtype=torch.float32))
+
+
+def raw_outputs(batch: int, size: int, nc: int, gen: torch.Generator | None = None) -> list[torch.Tensor]:
+    return [torch.randn(batch, 3, size // s, size // s, 5 + nc, generator=gen) for s in STRIDES]
+
+
+def reference_assignment(targets: np.ndarray, size: int, anchor_t: float = 4.0) -> list[tuple]:
+    """(level, img, anchor, gj, gi, cls) of every positive, from the rule written out:
+    anchors whose w and h ratios are both within anchor_t; the centre cell plus the nearer
+    horizontal and the nearer vertical neighbour when those exist."""
+    out = []
+    for level, s in enumerate(STRIDES):
+        n = size // s
+        for img, cls, cx, cy, w, h in targets.astype(np.float64):
+            gx, gy, gw, gh = cx * n, cy * n, w * n, h * n
+            for a in range(3):
+                aw, ah = ANCHORS[level][2 * a] / s, ANCHORS[level][2 * a + 1] / s
+                if max(gw / aw, aw / gw, gh / ah, ah / gh) >= anchor_t:
+                    continue
+                gi, gj = int(math.floor(gx)), int(math.floor(gy))
+                cells = [(gj, gi)]
+                fx, fy = gx - gi, gy - gj
+                if fx < 0.5 and gi - 1 >= 0:
+                    cells.append((gj, gi - 1))
+                if fx > 0.5 and gi + 1 <= n - 1:
+                    cells.append((gj, gi + 1))
+                if fy < 0.5 and gj - 1 >= 0:
+                    cells.append((gj - 1, gi))
+                if fy > 0.5 and gj + 1 <= n - 1:
+                    cells.append((gj + 1, gi))
+                for cj, ci in cells:
+                    out.append((level, int(img), a, cj, ci, int(cls)))
+    return out
+
+
+def assignment_of(loss: YoloLoss, raw, targets) -> list[tuple]:
+    tcls, _, indices = loss.build_targets(raw, targets)
+    rows = []
+    for level, ((b, a, gj, gi), c) in enumerate(zip(indices, tcls)):
+        rows += [(level, *map(int, r)) for r in zip(b, a, gj, gi, c)]
+    return rows
+
+
+def test_single_target_lands_in_the_hand_computed_cells_and_anchors():
+    # 256 px image, box centred at (99, 150) px, 41 x 30 px.
+    size = 256
+    targets = torch.tensor([[0, 1, 99 / size, 150 / size, 41 / size, 30 / size]])
+    loss = YoloLoss(FakeDetector(num_classes=3))
+    got = sorted(assignment_of(loss, raw_outputs(1, size, 3), targets))
+    expected = []
+    # P3: grid centre (12.375, 18.75): own cell, left neighbour, lower neighbour;
+    # anchor 0 (10x13) is 4.1x too narrow, anchors 1 and 2 match.
+    for a in (1, 2):
+        expected += [(0, 0, a, 18, 12, 1), (0, 0, a, 18, 11, 1), (0, 0, a, 19, 12, 1)]
+    # P4: centre (6.1875, 9.375): own, left, upper; all three anchors within 4x.
+    for a in (0, 1, 2):
+        expected += [(1, 0, a, 9, 6, 1), (1, 0, a, 9, 5, 1), (1, 0, a, 8, 6, 1)]
+    # P5: centre (3.09375, 4.6875): own, left, lower; only anchor 0 (116x90) within 4x.
+    expected += [(2, 0, 0, 4, 3, 1), (2, 0, 0, 4, 2, 1), (2, 0, 0, 5, 3, 1)]
+    assert got == sorted(expected)
+
+
+def test_regression_box_targets_are_relative_to_the_assigned_cell():
+    size = 256
+    targets = torch.tensor([[0, 0, 99 / size, 150 / size, 41 / size, 30 / size]])
+    loss = YoloLoss(FakeDetector(num_classes=1))
+    _, tbox, indices = loss.build_targets(raw_outputs(1, size, 1), targets)
+    for level, s in enumerate(STRIDES):
+        _, _, gj, gi = indices[level]
+        centre = torch.tensor([99 / s, 150 / s])
+        torch.testing.assert_close(tbox[level][:, :2], centre - torch.stack((gi, gj), 1).float())
+        torch.testing.assert_close(tbox[level][:, 2:], torch.tensor([41 / s, 30 / s]).expand(len(gi), 2))
+        # the cell predicts xy in (-0.5, 1.5), so every target must be reachable
+        assert ((tbox[level][:, :2] > -0.5) & (tbox[level][:, :2] < 1.5)).all()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(0, 12),
+    batch=st.integers(1, 3),
+    size=st.sampled_from([64, 128, 160]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_assignment_matches_the_written_rule(n, batch, size, seed):
+    rng = np.random.default_rng(seed)
+    wh = rng.uniform(0.01, 0.9, size=(n, 2))
+    cxy = rng.uniform(wh / 2, 1 - wh / 2)
+    targets = np.concatenate([rng.integers(0, batch, (n, 1)), rng.integers(0, 4, (n, 1)), cxy, wh], 1)
+    targets = torch.from_numpy(targets).float()
+    loss = YoloLoss(FakeDetector(num_classes=4))
+    got = assignment_of(loss, raw_outputs(batch, size, 4), targets)
+    assert sorted(got) == sorted(reference_assignment(targets.numpy(), size))
+
+
+def _ref_ciou(b1: np.ndarray, b2: np.ndarray) -> np.ndarray:
+    """CIoU from its definition (Zheng et al., AAAI 2020), float64, xyxy boxes."""
+    iw = np.clip(np.minimum(b1[:, 2], b2[:, 2]) - np.maximum(b1[:, 0], b2[:, 0]), 0, None)
+    ih = np.clip(np.minimum(b1[:, 3], b2[:, 3]) - np.maximum(b1[:, 1], b2[:, 1]), 0, None)
+    w1, h1 = b1[:, 2] - b1[:, 0], b1[:, 3] - b1[:, 1]
+    w2, h2 = b2[:, 2] - b2[:, 0], b2[:, 3] - b2[:, 1]
+    inter = iw * ih
+    iou = inter / (w1 * h1 + w2 * h2 - inter)
+    cw = np.maximum(b1[:, 2], b2[:, 2]) - np.minimum(b1[:, 0], b2[:, 0])
+    ch = np.maximum(b1[:, 3], b2[:, 3]) - np.minimum(b1[:, 1], b2[:, 1])
+    rho2 = ((b1[:, 0] + b1[:, 2]) - (b2[:, 0] + b2[:, 2])) ** 2 / 4 + ((b1[:, 1] + b1[:, 3]) - (b2[:, 1] + b2[:, 3])) ** 2 / 4
+    v = 4 / math.pi**2 * (np.arctan(w2 / h2) - np.arctan(w1 / h1)) ** 2
+    alpha = v / (1 - iou + v)
+    return iou - rho2 / (cw**2 + ch**2) - alpha * v
+
+
+def _random_boxes(rng: np.random.Generator, n: int) -> np.ndarray:
+    xy = rng.uniform(0, 10, (n, 2))
+    return np.concatenate([xy, xy + rng.uniform(0.1, 5, (n, 2))], 1)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 50), seed=st.integers(0, 2**31 - 1))
+def test_ciou_equals_the_float64_definition(n, seed):
+    rng = np.random.default_rng(seed)
+    b1, b2 = _random_boxes(rng, n), _random_boxes(rng, n)
+    got = bbox_ciou(torch.from_numpy(b1).float(), torch.from_numpy(b2).float()).double().numpy()
+    np.testing.assert_allclose(got, _ref_ciou(b1, b2), atol=2e-5)
+
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def _bce(logit, target):
+    return np.maximum(logit, 0) - logit * target + np.log1p(np.exp(-np.abs(logit)))
+
+
+def reference_loss(raw, targets, nc, size, hyp):
+    """The YOLOv5 loss written out in float64 with loops, from the reference assignment.
+    Needs at most one target per image, so no two positives share a cell."""
+    raw = [p.double().numpy() for p in raw]
+    pos = reference_assignment(targets.numpy(), size, hyp["anchor_t"])
+    tgt = {int(t[0]): t.numpy().astype(np.float64) for t in targets}
+    box_l, obj_l, cls_l = 0.0, 0.0, 0.0
+    for level, (p, s) in enumerate(zip(raw, STRIDES)):
+        n = size // s
+        tobj = np.zeros(p.shape[:4])
+        here = [q for q in pos if q[0] == level]
+        cious, cls_terms = [], []
+        for _, b, a, gj, gi, c in here:
+            t = tgt[b]
+            aw, ah = ANCHORS[level][2 * a] / s, ANCHORS[level][2 * a + 1] / s
+            out = p[b, a, gj, gi]
+            px = _sigmoid(out[0]) * 2 - 0.5 + gi
+            py = _sigmoid(out[1]) * 2 - 0.5 + gj
+            pw = (2 * _sigmoid(out[2])) ** 2 * aw
+            ph = (2 * _sigmoid(out[3])) ** 2 * ah
+            tx, ty, tw, th = t[2] * n, t[3] * n, t[4] * n, t[5] * n
+            ciou = _ref_ciou(
+                np.array([[px - pw / 2, py - ph / 2, px + pw / 2, py + ph / 2]]),
+                np.array([[tx - tw / 2, ty - th / 2, tx + tw / 2, ty + th / 2]]),
+            )[0]
+            cious.append(ciou)
+            tobj[b, a, gj, gi] = max(ciou, 0.0)
+            onehot = np.full(nc, hyp["label_smoothing"] / 2)
+            onehot[c] = 1 - hyp["label_smoothing"] / 2
+            cls_terms.append(_bce(out[5:], onehot))
+        if here:
+            box_l += np.mean(1 - np.array(cious))
+            if nc > 1:
+                cls_l += np.mean(np.stack(cls_terms))
+        obj_l += BALANCE[level] * np.mean(_bce(p[..., 4], tobj))
+    box_l *= hyp["box"]
+    cls_l *= hyp["cls"] * nc / 80
+    obj_l *= hyp["obj"] * (hyp["img_size"] / 640) ** 2
+    return (box_l + obj_l + cls_l) * raw[0].shape[0], np.array([box_l, obj_l, cls_l])
+
+
+@pytest.mark.parametrize("nc", [1, 5])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_loss_equals_float64_reference(nc, smoothing):
+    gen = torch.Generator().manual_seed(nc * 10 + int(smoothing * 10))
+    size, batch = 128, 4
+    raw = raw_outputs(batch, size, nc, gen)
+    wh = torch.rand(batch, 2, generator=gen) * 0.5 + 0.05
+    cxy = wh / 2 + torch.rand(batch, 2, generator=gen) * (1 - wh)
+    cls = torch.randint(0, nc, (batch, 1), generator=gen).float()
+    targets = torch.cat([torch.arange(batch).float().unsqueeze(1), cls, cxy, wh], 1)
+    hyp = {**DEFAULT_HYP, "label_smoothing": smoothing, "img_size": size}
+    total, items = YoloLoss(FakeDetector(nc), hyp)(raw, targets)
+    ref_total, ref_items = reference_loss(raw, targets, nc, size, hyp)
+    np.testing.assert_allclose(items.numpy(), ref_items, rtol=1e-4, atol=1e-7)
+    assert total.item() == pytest.approx(ref_total, rel=1e-4)
+    if nc == 1:
+        assert items[2] == 0  # one class: objectness is the class score
+
+
+def test_zero_targets_give_only_objectness_loss():
+    size, batch = 64, 2
+    raw = raw_outputs(batch, size, 3)
+    total, items = YoloLoss(FakeDetector(3), {"img_size": size})(raw, torch.zeros((0, 6)))
+    assert items[0] == 0 and items[2] == 0
+    expected = sum(b * np.mean(_bce(p[..., 4].double().numpy(), 0.0)) for b, p in zip(BALANCE, raw))
+    expected *= (size / 640) ** 2 * batch
+    assert total.item() == pytest.approx(expected, rel=1e-5)
+
+
+def _logit(p):
+    return torch.log(p / (1 - p))
+
+
+def test_perfect_predictions_give_zero_box_and_class_loss():
+    size, nc = 128, 3
+    targets = torch.tensor([[0, 2, 0.41, 0.63, 0.22, 0.3]])
+    model = FakeDetector(nc)
+    loss = YoloLoss(model, {"img_size": size})
+    raw = raw_outputs(1, size, nc)
+    tcls, tbox, indices = loss.build_targets(raw, targets)
+    for level, p in enumerate(raw):
+        b, a, gj, gi = indices[level]
+        anchors = model.detect.anchors[level][a] / STRIDES[level]
+        # invert the decoding: xy = 2 sigmoid - 0.5, wh = (2 sigmoid)^2 anchor
+        p[b, a, gj, gi, 0:2] = _logit((tbox[level][:, :2] + 0.5) / 2)
+        p[b, a, gj, gi, 2:4] = _logit(torch.sqrt(tbox[level][:, 2:] / anchors) / 2)
+        p[b, a, gj, gi, 5:] = -30.0
+        p[b, a, gj, gi, 5 + tcls[level]] = 30.0
+    _, items = loss(raw, targets)
+    assert items[0].item() < 1e-5
+    assert items[2].item() < 1e-5
+    assert items[1].item() > 0
+
+
+def test_gradients_are_finite_and_reach_every_level():
+    gen = torch.Generator().manual_seed(0)
+    size, nc = 96, 4
+    raw = [p.requires_grad_() for p in raw_outputs(2, size, nc, gen)]
+    targets = torch.tensor([[0, 1, 0.5, 0.5, 0.3, 0.4], [1, 3, 0.2, 0.7, 0.05, 0.08], [1, 0, 0.8, 0.2, 0.9, 0.6]])
+    total, items = YoloLoss(FakeDetector(nc), {"img_size": size})(raw, targets)
+    total.backward()
+    assert torch.isfinite(total) and torch.isfinite(items).all()
+    for p in raw:
+        assert torch.isfinite(p.grad).all()
+        assert p.grad.abs().sum() > 0
+
+
+def test_anchors_changed_after_construction_are_used():
+    model = FakeDetector(2)
+    loss = YoloLoss(model)
+    targets = torch.tensor([[0, 0, 0.5, 0.5, 0.9, 0.9]])
+    raw = raw_outputs(1, 64, 2)
+    before = len(assignment_of(loss, raw, targets))
+    model.detect.anchors.mul_(0.01)  # tiny anchors: nothing matches a large box any more
+    assert before > 0 and len(assignment_of(loss, raw, targets)) == 0
+
+
+def test_bad_shapes_are_named():
+    loss = YoloLoss(FakeDetector(2))
+    raw = raw_outputs(1, 64, 2)
+    with pytest.raises(ValueError, match=r"\(N, 6\)"):
+        loss(raw, torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="expected"):
+        loss([torch.zeros(1, 3, 8, 8, 9)] + raw[1:], torch.zeros(0, 6))
