@@ -1,0 +1,71 @@
+"""``mlca compare``: the paper's experiment (MAY with each attention, over seeds) in one command."""
+
+from __future__ import annotations
+
+import argparse
+
+from mlca.compare.config import DEFAULT_ATTENTIONS, PAPER_ATTENTIONS, CompareConfig
+
+_EPILOG = f"""\
+With no arguments it trains MAY with {', '.join(DEFAULT_ATTENTIONS)} on the embedded data
+({CompareConfig.seeds} seeds, {CompareConfig.epochs} epochs, {CompareConfig.img_size} px), about 15 minutes on a 2-core CPU.
+The paper's set: --attentions {','.join(PAPER_ATTENTIONS)}.
+Finished runs under --out are reused; an interrupted run resumes. See docs/compare.md.
+"""
+
+
+def _csv_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _positive_int(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def add_parser(subparsers, name: str = "compare", help: str = "") -> argparse.ArgumentParser:
+    d = CompareConfig
+    p = subparsers.add_parser(
+        name, help=help, description=__doc__, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--data", default=d.data, help="dataset config YAML, or 'embedded' (default)")
+    p.add_argument("--attentions", type=_csv_list, default=list(DEFAULT_ATTENTIONS),
+                   help=f"comma-separated attention names (default {','.join(DEFAULT_ATTENTIONS)})")
+    p.add_argument("--seeds", type=_positive_int, default=d.seeds, help="runs per attention, seeds 0..N-1 (default %(default)s)")
+    p.add_argument("--epochs", type=_positive_int, default=d.epochs, help="epochs per run (default %(default)s)")
+    p.add_argument("--img-size", type=_positive_int, default=d.img_size, help="square image size, multiple of 32 (default %(default)s)")
+    p.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="(default %(default)s)")
+    p.add_argument("--workers", type=int, default=d.workers, help="data-loader workers per run (default %(default)s)")
+    p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1 ... (default: the trainer's choice)")
+    p.add_argument("--gpus", type=lambda s: [int(x) for x in _csv_list(s)], default=None,
+                   help="GPU ids to spread runs over, one process each (default: all visible when on CUDA)")
+    p.add_argument("--out", default=str(d.out), help="output folder (default %(default)s)")
+    p.add_argument("--baseline", default=d.baseline, help="attention the others are tested against (default %(default)s)")
+    p.add_argument("--width", type=float, default=d.width, help="MAY width multiplier (default %(default)s)")
+    p.add_argument("--max-train-images", type=_positive_int, default=None, help="train on the first N training images only")
+    p.add_argument("--max-val-images", type=_positive_int, default=None, help="evaluate on the first N validation images only")
+    p.add_argument("--cam", action="store_true", help="also write EigenCAM heatmaps and MLCA attention maps")
+    p.add_argument("--cam-images", type=_positive_int, default=d.cam_images, help="validation images in the CAM grids (default %(default)s)")
+    p.add_argument("--latency-rounds", type=_positive_int, default=d.latency_rounds, help="timed rounds per model (default %(default)s)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from mlca.compare.experiment import run_compare
+
+    try:
+        cfg = CompareConfig(
+            data=args.data, attentions=args.attentions, seeds=args.seeds, epochs=args.epochs,
+            img_size=args.img_size, batch_size=args.batch_size, workers=args.workers, device=args.device,
+            out=args.out, baseline=args.baseline, width=args.width, max_train_images=args.max_train_images,
+            max_val_images=args.max_val_images, cam=args.cam, cam_images=args.cam_images,
+            latency_rounds=args.latency_rounds, gpus=args.gpus,
+        )
+    except ValueError as e:
+        print(f"mlca compare: error: {e}")
+        return 2
+    run_compare(cfg)
+    return 0
