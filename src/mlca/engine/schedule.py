@@ -1,0 +1,109 @@
+"""Optimizer parameter groups and the warmup + cosine learning-rate schedule.
+
+Weight decay is applied to conv/linear weights only: decaying batch-norm scales and biases
+pulls them towards zero, which for BN means towards dead channels, and brings nothing as
+regularisation (they do not set the function's capacity the way weights do).
+
+The schedule is a pure function of the global iteration, so resuming a run needs nothing but
+the iteration count to land on the same learning rates.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["param_groups", "build_optimizer", "WarmupCosine"]
+
+# group order matters: WarmupCosine treats the group at BIAS_GROUP specially during warmup
+DECAY_GROUP, NO_DECAY_GROUP, BIAS_GROUP = 0, 1, 2
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Three groups: weights with decay, normalisation weights without, biases without.
+
+    Every trainable parameter lands in exactly one group.
+    """
+    decay, no_decay, bias = [], [], []
+    seen: set[int] = set()
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            if name == "bias":
+                bias.append(p)
+            elif isinstance(module, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)) or p.ndim <= 1:
+                no_decay.append(p)  # norm scales and any other 1-d gain (e.g. attention mixing weights)
+            else:
+                decay.append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+        {"params": bias, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or AdamW over :func:`param_groups`. ``momentum`` is beta1 for AdamW."""
+    groups = param_groups(model, weight_decay)
+    name = name.lower()
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))
+    raise ValueError(f"unknown optimizer {name!r}; choose 'sgd' or 'adamw'")
+
+
+@dataclass(frozen=True)
+class WarmupCosine:
+    """Learning rate and momentum as a function of the global iteration.
+
+    * Cosine from ``lr0`` at iteration 0 down to ``lr0 * lrf`` at ``total_iters``.
+    * During the first ``warmup_iters`` the weights ramp linearly from 0 to the cosine value
+      (large early steps on a random init blow up BN statistics), while biases ramp *down*
+      from ``warmup_bias_lr`` (YOLOv5's trick: the detect biases hold the objectness prior and
+      must move fast at the start, when nothing else is learnt yet); momentum ramps from
+      ``warmup_momentum`` to ``momentum``.
+    """
+
+    lr0: float
+    lrf: float
+    total_iters: int
+    warmup_iters: int
+    momentum: float
+    warmup_momentum: float = 0.8
+    warmup_bias_lr: float = 0.1
+
+    def cosine(self, it: int) -> float:
+        t = min(max(it, 0), self.total_iters) / max(self.total_iters, 1)
+        return self.lr0 * (self.lrf + (1.0 - self.lrf) * 0.5 * (1.0 + math.cos(math.pi * t)))
+
+    def lrs(self, it: int) -> list[float]:
+        """Learning rates for the three groups of :func:`param_groups` at iteration ``it``."""
+        base = self.cosine(it)
+        if it >= self.warmup_iters:
+            return [base, base, base]
+        xp = [0, self.warmup_iters]
+        w = float(np.interp(it, xp, [0.0, base]))
+        b = float(np.interp(it, xp, [self.warmup_bias_lr, base]))
+        return [w, w, b]
+
+    def momentum_at(self, it: int) -> float:
+        if it >= self.warmup_iters:
+            return self.momentum
+        return float(np.interp(it, [0, self.warmup_iters], [self.warmup_momentum, self.momentum]))
+
+    def apply(self, optimizer: torch.optim.Optimizer, it: int) -> None:
+        """Set every group's lr (and SGD momentum / Adam beta1) for iteration ``it``."""
+        lrs, m = self.lrs(it), self.momentum_at(it)
+        for i, g in enumerate(optimizer.param_groups):
+            g["lr"] = lrs[min(i, BIAS_GROUP)]
+            if "momentum" in g:
+                g["momentum"] = m
+            elif "betas" in g:
+                g["betas"] = (m, g["betas"][1])
