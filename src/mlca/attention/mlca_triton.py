@@ -1,0 +1,402 @@
+"""Fused Triton path for the MLCA layer: few passes over ``x``, deterministic, exact.
+
+MLCA (``mlca.attention.mlca``) is, for ``x`` of shape ``(B, C, H, W)`` and ``L = local_size``::
+
+    local = adaptive_avg_pool2d(x, L)                     # (B, C, L, L)   "pool"
+    att_s = middle(local)                                 # (B, C, L, L)   conv1d, sigmoid, mix
+    out   = x * adaptive_avg_pool2d(att_s, (H, W))        # (B, C, H, W)   "scale"
+
+The stock-op composition materialises the ``(B, C, H, W)`` attention map and, in backward,
+the adaptive-pooling adjoints. Here the big tensors are touched only by two kernels:
+
+* ``_triton_bin_reduce``: one program per (sample, block of channels, bin row ``i``) walks
+  the rows of that bin row once and reduces them to the ``L`` bins of the row. Mode 0 gives
+  the bin means of ``x`` (forward pool); mode 1 gives ``U_h^T (g * x) U_w`` where ``U`` is the
+  ``L -> H`` upsampling (averaging) matrix, i.e. dLoss/d``att_s`` (backward).
+* ``_triton_scale``: one program per (sample, block of channels, block of pixels) rebuilds
+  the attention of each pixel on the fly from the tiny ``att_s`` (average of the <= 2x2
+  source bins that cover it) and writes ``v * att`` (forward: ``v = x``), optionally plus the
+  gathered pooling adjoint (backward: ``grad_x = g * att + P^T dlocal``).
+
+Both rely on one index identity: with adaptive pooling, pixel row ``h`` lies in bin row
+``i`` iff ``floor(i*H/L) <= h < ceil((i+1)*H/L)`` iff ``floor(h*L/H) <= i < ceil((h+1)*L/H)``;
+so the rows a pooling bin covers are exactly the rows whose upsampled value reads that bin,
+and one row walk serves both the pool and the adjoint of the upsampling.
+
+Bytes moved (``|x|`` = size of x): forward reads ``x`` twice and writes ``out`` once (3|x|);
+backward reads ``g`` and ``x`` once (reduction) then reads ``g`` and writes ``grad_x``
+(4|x|). Every output element is owned by one program, reductions run in a fixed order and
+no atomics are used, so results are bit-identical across runs and
+``torch.use_deterministic_algorithms(True)`` is honoured. Everything accumulates in float32.
+
+The ``(B, C, L, L)`` middle (two conv1d, sigmoid, mix) is plain PyTorch: it is negligible,
+and its backward is taken with autograd on a recomputed copy inside our backward.
+
+Kernels run compiled on CUDA tensors, and on CPU tensors through Triton's interpreter when
+``TRITON_INTERPRET=1`` is set (read at call time, so tests can scope it with
+``monkeypatch.setenv``); the interpreter is for testing only (thousands of times slower).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+try:  # Triton ships with the CUDA builds of torch; the CPU builds have none.
+    import triton
+    import triton.language as tl
+
+    _HAS_TRITON = True
+except ImportError:  # pragma: no cover - depends on the torch build
+    triton = None  # type: ignore[assignment]
+    tl = None  # type: ignore[assignment]
+    _HAS_TRITON = False
+
+__all__ = ["triton_available", "mlca_triton"]
+
+_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _interpret_requested() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+
+
+def triton_available() -> bool:
+    """Whether :func:`mlca_triton` can run here: Triton importable and (CUDA or the interpreter)."""
+    return _HAS_TRITON and (torch.cuda.is_available() or _interpret_requested())
+
+
+# --------------------------------------------------------------------------------------------
+# Kernels. Written as plain functions and wrapped on first use (see ``_kernel``): the choice
+# between the compiler and the interpreter is then made per call, not frozen at import time.
+# --------------------------------------------------------------------------------------------
+
+
+def _triton_bin_reduce(
+    a_ptr, b_ptr, out_ptr,
+    C, H, W, L, n_cblk,
+    sa_b, sa_c, sa_h, sa_w,
+    sb_b, sb_c, sb_h, sb_w,
+    MODE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, LP: tl.constexpr,
+):
+    """out[b, c, i, j] for one (b, channel block, bin row i), all j; out is (B, C, L, L) f32.
+
+    MODE 0: mean of a over bin (i, j)            (adaptive_avg_pool2d(a, L)).
+    MODE 1: sum_{h,w} a*b * U[h, i] * U[w, j]     (adjoint of the L -> (H, W) upsampling).
+    """
+    pid = tl.program_id(0)
+    i = pid % L
+    rest = pid // L
+    cb = rest % n_cblk
+    bi = (rest // n_cblk).to(tl.int64)  # int64 base offsets: large batches overflow int32
+
+    # Rows of bin row i; by the identity in the module docstring these are also the rows
+    # whose upsampled value reads source row i, so MODE 1 walks the same span.
+    hs = (i * H) // L
+    he = ((i + 1) * H + L - 1) // L
+    n = (he - hs) * W
+
+    offs_c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    j = tl.arange(0, LP)
+    a_base = a_ptr + bi * sa_b + offs_c[:, None] * sa_c
+    b_base = b_ptr + bi * sb_b + offs_c[:, None] * sb_c
+
+    acc = tl.zeros((BLOCK_C, LP), dtype=tl.float32)
+    for s0 in range(0, n, BLOCK_S):
+        s = s0 + tl.arange(0, BLOCK_S)
+        mask_s = s < n
+        h = hs + s // W
+        w = s % W
+        m2 = mask_c[:, None] & mask_s[None, :]
+        v = tl.load(a_base + (h * sa_h + w * sa_w)[None, :], mask=m2).to(tl.float32)
+        # Column w lies in bin column j iff q0 <= j < q1 (same identity as for rows).
+        q0 = (w * L) // W
+        q1 = ((w + 1) * L + W - 1) // W
+        colw = ((j[None, :] >= q0[:, None]) & (j[None, :] < q1[:, None])).to(tl.float32)
+        if MODE == 1:
+            g = tl.load(b_base + (h * sb_h + w * sb_w)[None, :], mask=m2).to(tl.float32)
+            r0 = (h * L) // H
+            r1 = ((h + 1) * L + H - 1) // H
+            # U[h, i] * U[w, j] = 1 / (#source rows of h * #source cols of w) on the support.
+            inv = 1.0 / ((r1 - r0) * (q1 - q0)).to(tl.float32)
+            v = v * g * inv[None, :]
+        v = tl.where(m2, v, 0.0)  # masked lanes are undefined on GPU
+        acc += tl.sum(v[:, :, None] * colw[None, :, :], axis=1)
+
+    if MODE == 0:
+        ws = (j * W) // L
+        we = ((j + 1) * W + L - 1) // L
+        cnt = ((he - hs) * (we - ws)).to(tl.float32)
+        acc = acc / tl.where(j < L, cnt, 1.0)[None, :]
+
+    out_off = ((bi * C + offs_c[:, None]) * L + i) * L + j[None, :]
+    tl.store(out_ptr + out_off, acc, mask=mask_c[:, None] & (j[None, :] < L))
+
+
+def _triton_scale(
+    v_ptr, small_ptr, add_ptr, out_ptr,
+    C, H, W, L, n_cblk, n_sblk,
+    sv_b, sv_c, sv_h, sv_w,
+    so_b, so_c, so_h, so_w,
+    HAS_ADD: tl.constexpr, SPAN_H: tl.constexpr, SPAN_W: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    """out = v * upsample(small) [+ gather(add)] for one (b, channel block, pixel block).
+
+    small, add: (B, C, L, L) f32 contiguous. upsample(small)[h, w] is the mean of small over
+    source rows [floor(h*L/H), ceil((h+1)*L/H)) x source cols (same in w): at most
+    SPAN_H x SPAN_W bins, 2 x 2 whenever H, W >= L. gather(add)[h, w] is the plain sum of add
+    over the same bins (pooling adjoint, add pre-divided by the bin sizes on the host).
+    """
+    pid = tl.program_id(0)
+    sb = pid % n_sblk
+    rest = pid // n_sblk
+    cb = rest % n_cblk
+    bi = (rest // n_cblk).to(tl.int64)
+
+    offs_c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    s = sb * BLOCK_S + tl.arange(0, BLOCK_S)
+    mask_s = s < H * W
+    h = s // W
+    w = s % W
+    m2 = mask_c[:, None] & mask_s[None, :]
+
+    r0 = (h * L) // H
+    r1 = ((h + 1) * L + H - 1) // H
+    q0 = (w * L) // W
+    q1 = ((w + 1) * L + W - 1) // W
+    small_base = (bi * C + offs_c[:, None]) * (L * L)
+
+    att = tl.zeros((BLOCK_C, BLOCK_S), dtype=tl.float32)
+    extra = tl.zeros((BLOCK_C, BLOCK_S), dtype=tl.float32)
+    for dr in tl.static_range(SPAN_H):
+        for dq in tl.static_range(SPAN_W):
+            r = r0 + dr
+            q = q0 + dq
+            mb = m2 & ((r < r1) & (q < q1))[None, :]
+            idx = small_base + (r * L + q)[None, :]
+            att += tl.where(mb, tl.load(small_ptr + idx, mask=mb), 0.0)
+            if HAS_ADD:
+                extra += tl.where(mb, tl.load(add_ptr + idx, mask=mb), 0.0)
+    att = att / ((r1 - r0) * (q1 - q0)).to(tl.float32)[None, :]
+
+    v = tl.load(v_ptr + bi * sv_b + offs_c[:, None] * sv_c + (h * sv_h + w * sv_w)[None, :], mask=m2)
+    res = v.to(tl.float32) * att
+    if HAS_ADD:
+        res = res + extra
+    out_ptrs = out_ptr + bi * so_b + offs_c[:, None] * so_c + (h * so_h + w * so_w)[None, :]
+    tl.store(out_ptrs, res.to(out_ptr.dtype.element_ty), mask=m2)
+
+
+_KERNEL_CACHE: dict[tuple[str, bool], Callable] = {}
+
+
+def _kernel(fn: Callable, interpret: bool):
+    """``fn`` wrapped for the compiler or for Triton's interpreter, cached."""
+    key = (fn.__name__, interpret)
+    if key not in _KERNEL_CACHE:
+        if interpret:
+            from triton.runtime.interpreter import InterpretedFunction
+
+            _KERNEL_CACHE[key] = InterpretedFunction(fn)
+        else:
+            from triton.runtime.jit import JITFunction
+
+            _KERNEL_CACHE[key] = JITFunction(fn)
+    return _KERNEL_CACHE[key]
+
+
+# --------------------------------------------------------------------------------------------
+# Launchers
+# --------------------------------------------------------------------------------------------
+
+
+def _use_interpreter(x: Tensor) -> bool:
+    if _interpret_requested():
+        return True
+    if x.is_cuda:
+        return False
+    raise RuntimeError(
+        f"mlca_triton: got a {x.device.type} tensor; the Triton path runs CUDA tensors, and CPU "
+        "tensors only under Triton's interpreter (set TRITON_INTERPRET=1; for testing, it is slow). "
+        "Use the PyTorch path (MLCA(..., backend='torch')) on the CPU."
+    )
+
+
+def _is_channels_last(x: Tensor) -> bool:
+    return x.dim() == 4 and x.stride(1) == 1 and x.shape[1] > 1 and not x.is_contiguous()
+
+
+def _blocks(x: Tensor, for_reduce: bool, lp: int, override: tuple[int, int] | None) -> tuple[int, int]:
+    """(BLOCK_C, BLOCK_S): the contiguous axis of x gets the wide side of the tile."""
+    if override is not None:
+        return override
+    C = x.shape[1]
+    if _is_channels_last(x):
+        bc, bs = min(64, triton.next_power_of_2(C)), 32
+    else:
+        bc, bs = min(8 if for_reduce else 4, triton.next_power_of_2(C)), 128 if for_reduce else 256
+    if for_reduce:  # the (BLOCK_C, BLOCK_S, LP) broadcast must stay in registers
+        while bc * bs * lp > 8192 and bs > 16:
+            bs //= 2
+    return bc, bs
+
+
+def _span(n_out: int, L: int) -> int:
+    """Most source bins that one of n_out upsampled positions averages."""
+    return max(((o + 1) * L + n_out - 1) // n_out - (o * L) // n_out for o in range(n_out))
+
+
+def _bin_counts(n: int, L: int) -> Tensor:
+    """Sizes of the L adaptive-pooling bins over n positions, (L,) int64."""
+    return torch.tensor([((i + 1) * n + L - 1) // L - (i * n) // L for i in range(L)])
+
+
+def _bin_reduce(a: Tensor, b: Tensor | None, L: int, interpret: bool,
+                blocks: tuple[int, int] | None) -> Tensor:
+    """Mode 0 (b None): (B, C, L, L) bin means of a. Mode 1: U^T (a*b) U. float32."""
+    B, C, H, W = a.shape
+    out = torch.empty((B, C, L, L), device=a.device, dtype=torch.float32)
+    lp = triton.next_power_of_2(L)
+    bc, bs = _blocks(a, True, lp, blocks)
+    n_cblk = triton.cdiv(C, bc)
+    other = a if b is None else b
+    _kernel(_triton_bin_reduce, interpret)[(B * n_cblk * L,)](
+        a, other, out, C, H, W, L, n_cblk,
+        *a.stride(), *other.stride(),
+        MODE=0 if b is None else 1, BLOCK_C=bc, BLOCK_S=bs, LP=lp,
+    )
+    return out
+
+
+def _scale(v: Tensor, small: Tensor, add: Tensor | None, like: Tensor, interpret: bool,
+           blocks: tuple[int, int] | None) -> Tensor:
+    """v * upsample(small) (+ gather(add)), written in the dtype and memory format of ``like``."""
+    B, C, H, W = v.shape
+    L = small.shape[-1]
+    small = small.contiguous()  # the kernel indexes (B, C, L, L) densely
+    add = None if add is None else add.contiguous()
+    out = torch.empty_like(like)  # preserve_format: channels_last in, channels_last out
+    bc, bs = _blocks(v, False, 1, blocks)
+    n_cblk = triton.cdiv(C, bc)
+    n_sblk = triton.cdiv(H * W, bs)
+    _kernel(_triton_scale, interpret)[(B * n_cblk * n_sblk,)](
+        v, small, small if add is None else add, out, C, H, W, L, n_cblk, n_sblk,
+        *v.stride(), *out.stride(),
+        HAS_ADD=add is not None, SPAN_H=_span(H, L), SPAN_W=_span(W, L), BLOCK_C=bc, BLOCK_S=bs,
+    )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The (B, C, L, L) middle, in PyTorch
+# --------------------------------------------------------------------------------------------
+
+
+def _middle(local: Tensor, w_global: Tensor, w_local: Tensor, local_weight: float) -> Tensor:
+    """(B, C, L, L) local means -> (B, C, L, L) small attention, as in the seed.
+
+    The local conv1d runs over the bins laid out bin-major/channel-minor as one (B, 1, L*L*C)
+    sequence; the global vector is the mean of the L x L bins (not the global mean of x,
+    which differs when bins overlap).
+    """
+    B, C, L, _ = local.shape
+    seq = local.reshape(B, C, L * L).transpose(1, 2).reshape(B, 1, L * L * C)
+    y_local = F.conv1d(seq, w_local, padding=(w_local.shape[-1] - 1) // 2)
+    y_local = y_local.reshape(B, L * L, C).transpose(1, 2).reshape(B, C, L, L)
+    glob = local.mean(dim=(2, 3)).unsqueeze(1)  # (B, 1, C)
+    y_global = F.conv1d(glob, w_global, padding=(w_global.shape[-1] - 1) // 2)
+    y_global = y_global.reshape(B, C, 1, 1)
+    return y_global.sigmoid() * (1.0 - local_weight) + y_local.sigmoid() * local_weight
+
+
+class _MLCATritonFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, w_global: Tensor, w_local: Tensor, local_size: int,
+                local_weight: float, blocks: tuple[int, int] | None) -> Tensor:
+        interpret = _use_interpreter(x)
+        local = _bin_reduce(x, None, local_size, interpret, blocks)
+        att_small = _middle(local, w_global.float(), w_local.float(), local_weight).contiguous()
+        out = _scale(x, att_small, None, x, interpret, blocks)
+        ctx.save_for_backward(x, w_global, w_local, local, att_small)
+        ctx.local_weight = local_weight
+        ctx.blocks = blocks
+        ctx.interpret = interpret
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        x, w_global, w_local, local, att_small = ctx.saved_tensors
+        need_x, need_wg, need_wl = ctx.needs_input_grad[:3]
+        L = local.shape[-1]
+        # Pass 1 over (g, x): dLoss/d att_small = U_h^T (g * x) U_w.
+        d_small = _bin_reduce(grad_out, x, L, ctx.interpret, ctx.blocks)
+        # The middle's backward by autograd on a recomputed (tiny) graph.
+        with torch.enable_grad():
+            loc = local.detach().requires_grad_(need_x)
+            wg = w_global.detach().float().requires_grad_(need_wg)
+            wl = w_local.detach().float().requires_grad_(need_wl)
+            leaves = [t for t in (loc, wg, wl) if t.requires_grad]
+            grads = iter(torch.autograd.grad(_middle(loc, wg, wl, ctx.local_weight), leaves, d_small)
+                         if leaves else ())
+        d_local = next(grads) if need_x else None
+        d_wg = next(grads).to(w_global.dtype) if need_wg else None
+        d_wl = next(grads).to(w_local.dtype) if need_wl else None
+        grad_x = None
+        if need_x:
+            # Pass 2 over g: grad_x = g * att + P^T d_local, P = adaptive pooling (mean over bins).
+            H, W = x.shape[-2:]
+            counts = (_bin_counts(H, L)[:, None] * _bin_counts(W, L)[None, :]).to(d_local)
+            grad_x = _scale(grad_out, att_small, d_local / counts, x, ctx.interpret, ctx.blocks)
+        return grad_x, d_wg, d_wl, None, None, None
+
+
+def _check(x: Tensor, w_global: Tensor, w_local: Tensor, local_size: int) -> None:
+    if not _HAS_TRITON:
+        raise RuntimeError("mlca_triton needs Triton (it ships with the CUDA builds of torch)")
+    if x.dim() != 4:
+        raise ValueError(f"mlca_triton: x must be (B, C, H, W), got shape {tuple(x.shape)}")
+    if x.dtype not in _SUPPORTED_DTYPES:
+        raise TypeError(f"mlca_triton: x dtype must be float32/float16/bfloat16, got {x.dtype}")
+    if isinstance(local_size, bool) or not isinstance(local_size, int) or local_size < 1:
+        raise ValueError(f"mlca_triton: local_size must be a positive int, got {local_size!r}")
+    if x.shape[2] < 1 or x.shape[3] < 1:
+        raise ValueError(f"mlca_triton: H and W must be >= 1, got shape {tuple(x.shape)}")
+    for name, w in (("w_global", w_global), ("w_local", w_local)):
+        if w.dim() != 3 or w.shape[0] != 1 or w.shape[1] != 1 or w.shape[2] % 2 == 0:
+            raise ValueError(
+                f"mlca_triton: {name} must be a conv1d weight of shape (1, 1, k) with odd k, "
+                f"got {tuple(w.shape)}"
+            )
+        if w.device != x.device:
+            raise ValueError(f"mlca_triton: {name} is on {w.device} but x is on {x.device}")
+
+
+def mlca_triton(x: Tensor, w_global: Tensor, w_local: Tensor, local_size: int, local_weight: float,
+                *, block_sizes: tuple[int, int] | None = None) -> Tensor:
+    """MLCA of ``x`` with the fused Triton kernels; differentiable in x and both weights.
+
+    Args:
+        x: (B, C, H, W) float32/float16/bfloat16, NCHW or channels_last (any strides work).
+        w_global: (1, 1, k) weight of the conv1d over the channel means (``MLCA.conv``).
+        w_local: (1, 1, k) weight of the conv1d over the local bins (``MLCA.conv_local``).
+        local_size: L, the side of the local pooling grid.
+        local_weight: the weight of the local branch in the mix.
+        block_sizes: (BLOCK_C, BLOCK_S) override for tests and tuning; None picks by layout.
+
+    Returns:
+        (B, C, H, W) ``x * att``, same dtype and memory format as ``x``.
+    """
+    _check(x, w_global, w_local, local_size)
+    if x.numel() == 0:
+        return x * 1.0
+    return _MLCATritonFunction.apply(x, w_global, w_local, local_size, float(local_weight),
+                                     block_sizes)
+
