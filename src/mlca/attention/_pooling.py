@@ -1,0 +1,125 @@
+"""Adaptive average pooling along one axis, and its adjoint, as exact banded gathers.
+
+``F.adaptive_avg_pool2d(x, (m, n))`` is separable: along an axis of length ``n_in`` it maps to
+``n_out`` bins ``[floor(i*n_in/n_out), ceil((i+1)*n_in/n_out))`` and averages each. That is a fixed
+banded linear map per (n_in, n_out), so MLCA expresses it without calling adaptive pooling:
+
+- it is *exact* (same bins, same sum-then-divide), also when bins overlap (n_in not a multiple of
+  n_out) and when n_in < n_out (upsampling repeats/averages rows);
+- it is built only from ``arange``, integer floor-division and comparisons on the sizes, so it
+  traces symbolically under ``torch.compile(dynamic=True)`` and ``torch.onnx.export(dynamo=True)``
+  with dynamic H/W (ONNX: Range, Div, Less, Gather, Where, ReduceSum), and scripts with TorchScript;
+- it gathers the (at most ``K``) members of each bin and zeroes the padding with ``masked_fill``
+  rather than multiplying by a 0/1 matrix, because ``0 * nan = nan`` and ``0 * inf = nan`` would
+  leak a non-finite value into bins that do not contain it. NaN/Inf therefore land exactly where
+  adaptive pooling puts them.
+
+The adjoint (needed by the hand-written backward) of the pooling ``A_{n->m}`` (m x n) is the
+(n x m) matrix whose row j has its non-zeros at the bins that contain j, which are exactly the bins
+of the opposite direction ``m -> n``: ``[floor(j*m/n), ceil((j+1)*m/n))``; the weights are
+``1/len`` of the *column's* bin in the ``n -> m`` direction.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["adaptive_bins", "adaptive_mean", "adaptive_mean_adjoint", "cached_bins"]
+
+
+def adaptive_bins(n_in: int, n_out: int, device: torch.device) -> Tuple[Tensor, Tensor, Tensor]:
+    """The bins of adaptive pooling from ``n_in`` to ``n_out`` as a padded gather table.
+
+    Returns:
+        idx: int64 (n_out, K), the input positions of each bin, padded by repeating a valid index.
+        valid: bool (n_out, K), which entries of ``idx`` belong to the bin.
+        length: int64 (n_out,), the number of positions in each bin (always >= 1).
+
+    ``K = ceil(n_in / n_out) + 1`` bounds every bin length without looking at the data, so the
+    table's shape is a closed-form expression of the sizes (symbolic under dynamic shapes).
+    """
+    i = torch.arange(n_out, device=device)
+    start = torch.div(i * n_in, n_out, rounding_mode="floor")
+    end = torch.div((i + 1) * n_in + (n_out - 1), n_out, rounding_mode="floor")
+    k = (n_in + n_out - 1) // n_out + 1
+    idx = start.unsqueeze(1) + torch.arange(k, device=device).unsqueeze(0)
+    valid = idx < end.unsqueeze(1)
+    idx = torch.clamp(idx, max=n_in - 1)
+    return idx, valid, end - start
+
+
+_CACHE: Dict[Tuple[int, int, str], Tuple[Tensor, Tensor, Tensor]] = {}
+_CACHE_MAX = 256
+
+
+@torch.jit.unused
+def cached_bins(n_in: int, n_out: int, device: torch.device) -> Tuple[Tensor, Tensor, Tensor]:
+    """``adaptive_bins`` memoised per (sizes, device) for eager mode (tables are tiny).
+
+    Not for use under tracing/compiling: there the sizes may be symbolic and the table must be
+    part of the graph.
+    """
+    key = (n_in, n_out, str(device))
+    hit = _CACHE.get(key)
+    if hit is None:
+        if len(_CACHE) >= _CACHE_MAX:  # bounded: image sizes in a sweep are finite but unknown
+            _CACHE.clear()
+        hit = adaptive_bins(n_in, n_out, device)
+        _CACHE[key] = hit
+    return hit
+
+
+def _gather_sum(x: Tensor, dim: int, idx: Tensor, valid: Tensor, weight: Tensor) -> Tensor:
+    """``sum_k where(valid, x[idx] * weight, 0)`` along ``dim`` (2 or 3) of a 4-D tensor.
+
+    x: (B, C, H, W); idx, valid, weight: (n_out, K) -> (B, C, n_out, W) or (B, C, H, n_out).
+    """
+    n_out = idx.shape[0]
+    k = idx.shape[1]
+    sel = x.index_select(dim, idx.reshape(-1))
+    b, c = x.shape[0], x.shape[1]
+    if dim == 2:
+        sel = sel.reshape(b, c, n_out, k, x.shape[3])
+        sel = (sel * weight.unsqueeze(-1)).masked_fill(~valid.unsqueeze(-1), 0.0)
+        return sel.sum(3)
+    sel = sel.reshape(b, c, x.shape[2], n_out, k)
+    sel = (sel * weight).masked_fill(~valid, 0.0)
+    return sel.sum(4)
+
+
+def adaptive_mean(
+    x: Tensor, dim: int, n_out: int, bins: Optional[Tuple[Tensor, Tensor, Tensor]] = None
+) -> Tensor:
+    """Adaptive average pooling of a 4-D tensor along ``dim`` (2: H, 3: W) to ``n_out``.
+
+    Equals ``F.adaptive_avg_pool2d`` restricted to one axis. x: (B, C, H, W).
+    ``bins`` may pass a precomputed ``adaptive_bins(x.shape[dim], n_out)`` table.
+    """
+    if bins is None:
+        bins = adaptive_bins(x.shape[dim], n_out, x.device)
+    idx, valid, length = bins
+    weight = (1.0 / length.to(x.dtype)).unsqueeze(1).expand(idx.shape)
+    return _gather_sum(x, dim, idx, valid, weight)
+
+
+def adaptive_mean_adjoint(
+    y: Tensor, dim: int, n_out: int, bins: Optional[Tuple[Tensor, Tensor, Tensor]] = None,
+    fwd_length: Optional[Tensor] = None,
+) -> Tensor:
+    """The adjoint (transpose) of ``adaptive_mean(., dim, y.shape[dim])`` from size ``n_out``.
+
+    y: (B, C, m, W) or (B, C, H, m) -> the same with ``n_out`` along ``dim``. ``bins`` may pass
+    ``adaptive_bins(m, n_out)`` (the sparsity) and ``fwd_length`` the bin lengths of the forward
+    direction ``adaptive_bins(n_out, m)[2]`` (the weights).
+    """
+    m = y.shape[dim]
+    if bins is None:
+        bins = adaptive_bins(m, n_out, y.device)
+    if fwd_length is None:
+        fwd_length = adaptive_bins(n_out, m, y.device)[2]
+    idx, valid, _ = bins
+    weight = (1.0 / fwd_length.to(y.dtype))[idx]
+    return _gather_sum(y, dim, idx, valid, weight)

@@ -1,0 +1,237 @@
+"""MLCA: Mixed Local Channel Attention (Wan et al., Eng. Appl. of AI 123, 106442, 2023).
+
+Computes exactly the function of the paper's reference code (the "seed"):
+
+1. ``local  = adaptive_avg_pool2d(x, local_size)``                     (B, C, ls, ls)
+2. ``global = adaptive_avg_pool2d(local, 1)``: the mean of the ls*ls local bins, which is not the
+   mean of x when bins overlap or are uneven                         (B, C)
+3. ECA-style 1-D convolutions: ``conv`` over the C global values, ``conv_local`` over the
+   sequence of length ls*ls*C laid out bin-major ``(bin, channel)`` -- so its kernel crosses from
+   the last channel of one bin into the first channel of the next, with zero padding only at the
+   two ends of the whole sequence; then sigmoid.
+4. ``mix = att_global * (1 - local_weight) + att_local * local_weight``  (B, C, ls, ls)
+5. ``att = adaptive_avg_pool2d(mix, (H, W))`` -- "unpooling" by adaptive pooling, itself a fixed
+   averaging map -- and ``y = x * att``.
+
+Adaptive pooling is never called: steps 1 and 5 are exact banded gathers built from the sizes
+(``_pooling.py``), or plain reshapes when H and W are multiples of ``local_size``. In eager mode a
+``torch.autograd.Function`` (``_mlca_function.py``) runs the whole layer with a hand-written
+backward that recomputes the H x W map instead of storing it. Scripting, tracing, ONNX export and
+``torch.compile`` use the plain differentiable formulation (``mlca_plain``), which has no Python
+branches on sizes.
+
+Backends (issue 7): ``backend="auto" | "torch" | "triton"`` per module, or globally with
+``set_default_backend(...)`` / the ``MLCA_BACKEND`` environment variable.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._pooling import adaptive_mean
+from .registry import register_attention
+
+__all__ = ["MLCA", "mlca_plain", "eca_kernel_size", "set_default_backend", "get_default_backend"]
+
+_BACKENDS = ("auto", "torch", "triton")
+_default_backend: Optional[str] = None  # set_default_backend(); None -> $MLCA_BACKEND or "auto"
+
+
+def set_default_backend(name: Optional[str]) -> None:
+    """Force the backend of every MLCA whose ``backend`` is ``"auto"``.
+
+    ``None`` restores the default (``$MLCA_BACKEND`` if set, else automatic choice).
+    """
+    global _default_backend
+    if name is not None and name not in _BACKENDS:
+        raise ValueError(f"MLCA backend must be one of {_BACKENDS}, got {name!r}")
+    _default_backend = name
+
+
+def get_default_backend() -> str:
+    """The global backend: ``set_default_backend``'s value, else ``$MLCA_BACKEND``, else "auto"."""
+    if _default_backend is not None:
+        return _default_backend
+    env = os.environ.get("MLCA_BACKEND", "auto").strip().lower() or "auto"
+    if env not in _BACKENDS:
+        raise ValueError(f"MLCA_BACKEND must be one of {_BACKENDS}, got {env!r}")
+    return env
+
+
+def eca_kernel_size(in_size: int, gamma: float = 2, b: float = 1) -> int:
+    """The ECA rule the seed uses: ``t = int(|log2(C) + b| / gamma)``, made odd upwards."""
+    t = int(abs(math.log(in_size, 2) + b) / gamma)
+    return t if t % 2 else t + 1
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    # Attention weights are computed in float64 for float64 inputs and in float32 otherwise
+    # (float16/bfloat16 pooled sums and sigmoids lose too many digits).
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def mlca_mix(
+    local: Tensor, w_global: Tensor, w_local: Tensor, local_weight: float
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Steps 2-4 on the small pooled map.
+
+    local: (B, C, ls, ls); w_global, w_local: (1, 1, k) ->
+    ``(mix (B, C, ls, ls), s_global (B, 1, C), s_local (B, 1, ls*ls*C), gvec (B, 1, C),
+    seq (B, 1, ls*ls*C))`` where ``s_*`` are the sigmoids and ``gvec``/``seq`` the conv inputs
+    (kept for the hand-written backward).
+    """
+    b, c, ls = local.shape[0], local.shape[1], local.shape[2]
+    pad = (w_global.shape[-1] - 1) // 2
+    gvec = local.mean(dim=(2, 3)).reshape(b, 1, c)
+    # bin-major flattening, exactly as the seed: (B, C, ls*ls) -> (B, ls*ls, C) -> (B, 1, ls*ls*C)
+    seq = local.reshape(b, c, ls * ls).transpose(1, 2).reshape(b, 1, ls * ls * c)
+    s_global = torch.sigmoid(F.conv1d(gvec, w_global, padding=pad))
+    s_local = torch.sigmoid(F.conv1d(seq, w_local, padding=pad))
+    att_local = s_local.reshape(b, ls * ls, c).transpose(1, 2).reshape(b, c, ls, ls)
+    mix = s_global.reshape(b, c, 1, 1) * (1.0 - local_weight) + att_local * local_weight
+    return mix, s_global, s_local, gvec, seq
+
+
+def mlca_plain(
+    x: Tensor, w_global: Tensor, w_local: Tensor, local_size: int, local_weight: float
+) -> Tensor:
+    """The differentiable, branch-free formulation (for TorchScript, tracing, export, compile).
+
+    x: (B, C, H, W); w_global, w_local: (1, 1, k) conv weights -> (B, C, H, W) in x's dtype.
+    """
+    h, w = x.shape[2], x.shape[3]
+    cdt = _compute_dtype(x)
+    xc = x.to(cdt)
+    # H first: gathering whole rows is the cheap direction; W then runs on the (ls x W) result.
+    local = adaptive_mean(adaptive_mean(xc, 2, local_size), 3, local_size)
+    mix = mlca_mix(local, w_global.to(cdt), w_local.to(cdt), local_weight)[0]
+    att = adaptive_mean(adaptive_mean(mix, 3, w), 2, h)
+    return x * att.to(x.dtype)
+
+
+def _tracing_or_compiling() -> bool:
+    """True inside jit.trace, torch.compile/export (dynamo) or ONNX export."""
+    return (
+        torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+        or torch.onnx.is_in_onnx_export()
+    )
+
+
+@register_attention("mlca")
+class MLCA(nn.Module):
+    """Mixed Local Channel Attention, the same function and parameters as the paper's code.
+
+    Args:
+        in_size: channel count; it only sets the ECA kernel size, any channel count is accepted
+            at run time (as in the seed).
+        local_size: side of the local pooling grid (ls x ls bins).
+        gamma, b: ECA kernel-size rule, ``k = odd(int(|log2(in_size) + b| / gamma))``.
+        local_weight: weight of the local attention against the global one, in [0, 1].
+        backend: ``"auto"`` (Triton for CUDA float tensors when available, else PyTorch),
+            ``"torch"`` or ``"triton"``; ``"auto"`` defers to ``set_default_backend`` /
+            ``$MLCA_BACKEND``.
+
+    Parameters are ``conv.weight`` and ``conv_local.weight`` (1, 1, k), as in the seed, so
+    state_dicts load both ways with ``strict=True``.
+    """
+
+    def __init__(
+        self,
+        in_size: int,
+        local_size: int = 5,
+        gamma: float = 2,
+        b: float = 1,
+        local_weight: float = 0.5,
+        *,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        if isinstance(in_size, bool) or not isinstance(in_size, int) or in_size < 1:
+            raise ValueError(f"MLCA in_size (channel count) must be an int >= 1, got {in_size!r}")
+        if isinstance(local_size, bool) or not isinstance(local_size, int) or local_size < 1:
+            raise ValueError(f"MLCA local_size must be an int >= 1, got {local_size!r}")
+        if not (0.0 <= float(local_weight) <= 1.0):
+            raise ValueError(f"MLCA local_weight must be in [0, 1], got {local_weight!r}")
+        if backend not in _BACKENDS:
+            raise ValueError(f"MLCA backend must be one of {_BACKENDS}, got {backend!r}")
+        if gamma == 0:
+            raise ValueError("MLCA gamma must be non-zero (it divides in the ECA kernel rule)")
+        self.local_size = local_size
+        self.gamma = gamma
+        self.b = b
+        self.local_weight = float(local_weight)
+        self.backend = backend
+        k = eca_kernel_size(in_size, gamma, b)
+        self.conv = nn.Conv1d(1, 1, kernel_size=k, padding=(k - 1) // 2, bias=False)
+        self.conv_local = nn.Conv1d(1, 1, kernel_size=k, padding=(k - 1) // 2, bias=False)
+
+    def extra_repr(self) -> str:
+        return (
+            f"local_size={self.local_size}, kernel_size={self.conv.kernel_size[0]}, "
+            f"local_weight={self.local_weight}, backend={self.backend!r}"
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, C, H, W), B >= 0, C >= 1, H, W >= 1 -> (B, C, H, W), x's dtype and layout."""
+        if x.dim() != 4:
+            raise ValueError(
+                "MLCA expects a 4-D input (B, C, H, W), got shape " + str(list(x.shape))
+            )
+        if x.shape[1] < 1 or x.shape[2] < 1 or x.shape[3] < 1:
+            raise ValueError(
+                "MLCA needs C, H and W >= 1, got shape " + str(list(x.shape))
+            )
+        if torch.jit.is_scripting():
+            return mlca_plain(
+                x, self.conv.weight, self.conv_local.weight, self.local_size, self.local_weight
+            )
+        return self._forward_eager(x)
+
+    @torch.jit.unused
+    def _forward_eager(self, x: Tensor) -> Tensor:
+        # Attention weights in float32 even under autocast (output in x's dtype): autocast would
+        # otherwise run the pooling matmul-free sums fine but the 1-D convs in float16.
+        if torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return self._dispatch(x)
+        return self._dispatch(x)
+
+    @torch.jit.unused
+    def _dispatch(self, x: Tensor) -> Tensor:
+        wg, wl = self.conv.weight, self.conv_local.weight
+        traced = _tracing_or_compiling()
+        backend = self.backend if self.backend != "auto" else get_default_backend()
+
+        # --- Triton path (issue 7, mlca_triton.py). "auto" takes it only for eager CUDA float
+        # tensors when Triton works; "triton" forces it (the CPU interpreter in its tests).
+        if backend == "triton" or (
+            backend == "auto"
+            and not traced
+            and x.is_cuda
+            and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
+        ):
+            try:
+                from .mlca_triton import mlca_triton, triton_available
+            except ImportError:
+                if backend == "triton":
+                    raise
+            else:
+                if backend == "triton" or triton_available():
+                    return mlca_triton(x, wg, wl, self.local_size, self.local_weight)
+
+        # --- PyTorch paths: the graph-friendly formulation whenever a tracer/compiler looks at
+        # the code (no size-dependent Python branches, no autograd.Function), else the fused
+        # Function with a recomputing backward.
+        if traced:
+            return mlca_plain(x, wg, wl, self.local_size, self.local_weight)
+        from ._mlca_function import mlca_function
+
+        return mlca_function(x, wg, wl, self.local_size, self.local_weight)
