@@ -82,6 +82,7 @@ def _train_config(cfg: CompareConfig, spec: RunSpec, resume: bool, device: str):
         seed=spec.seed,
         out=run_dir(cfg, spec),
         resume=resume,
+        exist_ok=True,  # train in exactly this folder (never the trainer's out2, out3...)
         device=device,
         workers=cfg.workers,
         max_train_images=cfg.max_train_images,
@@ -152,7 +153,8 @@ def run_one(cfg: CompareConfig, spec: RunSpec, train_fn: Callable | None = None,
     maps = _read_epoch_maps(Path(result.run_dir) / "results.csv")
     if not maps:
         raise RuntimeError(f"compare: {result.run_dir}/results.csv holds no per-epoch map50/map columns")
-    best = max(maps, key=lambda m: (0.1 * m[0] + 0.9 * m[1]))  # YOLOv5's fitness
+    scored = [m for m in maps if not math.isnan(m[0])] or maps  # epochs skipped by val_interval hold NaN
+    best = max(scored, key=lambda m: (0.1 * m[0] + 0.9 * m[1]))  # YOLOv5's fitness
     outcome = RunOutcome(
         attention=spec.attention,
         seed=spec.seed,
