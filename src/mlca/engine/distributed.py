@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch.utils.data import Dataset, DistributedSampler
 
 __all__ = ["DistInfo", "setup", "cleanup", "select_device", "barrier", "seed_everything", "make_sampler",
-           "all_reduce_min", "rng_state", "set_rng_state"]
+           "all_reduce_min", "assert_same_across_ranks", "rng_state", "set_rng_state"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,26 @@ def all_reduce_min(value: float, device: torch.device) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return float(t.item())
+
+
+def assert_same_across_ranks(model: torch.nn.Module, device: torch.device) -> None:
+    """Raise if any parameter or buffer differs between ranks (DDP must keep replicas equal).
+
+    Compares a float64 checksum per tensor (sum and sum of squares, exact for equal tensors)
+    gathered from every rank.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    sums = [torch.stack((t.double().sum(), t.double().square().sum())) for t in model.state_dict().values()
+            if t.dtype.is_floating_point]
+    local = torch.stack(sums).to(device)
+    gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, local)
+    names = [k for k, t in model.state_dict().items() if t.dtype.is_floating_point]
+    for r, g in enumerate(gathered[1:], start=1):
+        bad = (g != gathered[0]).any(dim=1).nonzero().flatten().tolist()
+        if bad:
+            raise RuntimeError(f"DDP replicas diverged: rank {r} differs from rank 0 in {[names[i] for i in bad[:5]]}")
 
 
 def seed_everything(seed: int) -> None:
