@@ -73,6 +73,10 @@ def triton_available() -> bool:
 # --------------------------------------------------------------------------------------------
 # Kernels. Written as plain functions and wrapped on first use (see ``_kernel``): the choice
 # between the compiler and the interpreter is then made per call, not frozen at import time.
+# For that to hold they call only Triton *builtins*: ``tl.zeros``/``tl.sum`` are themselves
+# @jit functions whose kind (compiled or interpreted) Triton fixes when it is imported, so
+# they are spelled ``tl.full`` and ``tl.reduce(..., tl.standard._sum_combine)`` (the very
+# combine function ``tl.sum`` uses; the interpreter recognises it and sums with numpy).
 # --------------------------------------------------------------------------------------------
 
 
@@ -106,7 +110,7 @@ def _triton_bin_reduce(
     a_base = a_ptr + bi * sa_b + offs_c[:, None] * sa_c
     b_base = b_ptr + bi * sb_b + offs_c[:, None] * sb_c
 
-    acc = tl.zeros((BLOCK_C, LP), dtype=tl.float32)
+    acc = tl.full((BLOCK_C, LP), 0.0, tl.float32)
     for s0 in range(0, n, BLOCK_S):
         s = s0 + tl.arange(0, BLOCK_S)
         mask_s = s < n
@@ -117,7 +121,7 @@ def _triton_bin_reduce(
         # Column w lies in bin column j iff q0 <= j < q1 (same identity as for rows).
         q0 = (w * L) // W
         q1 = ((w + 1) * L + W - 1) // W
-        colw = ((j[None, :] >= q0[:, None]) & (j[None, :] < q1[:, None])).to(tl.float32)
+        in_bin = (j[None, :] >= q0[:, None]) & (j[None, :] < q1[:, None])  # (BLOCK_S, LP)
         if MODE == 1:
             g = tl.load(b_base + (h * sb_h + w * sb_w)[None, :], mask=m2).to(tl.float32)
             r0 = (h * L) // H
@@ -126,7 +130,9 @@ def _triton_bin_reduce(
             inv = 1.0 / ((r1 - r0) * (q1 - q0)).to(tl.float32)
             v = v * g * inv[None, :]
         v = tl.where(m2, v, 0.0)  # masked lanes are undefined on GPU
-        acc += tl.sum(v[:, :, None] * colw[None, :, :], axis=1)
+        # Select, not multiply by a 0/1 weight: 0 * inf = nan would leak a non-finite value
+        # into bins that do not contain it.
+        acc += tl.reduce(tl.where(in_bin[None, :, :], v[:, :, None], 0.0), 1, tl.standard._sum_combine)
 
     if MODE == 0:
         ws = (j * W) // L
@@ -173,8 +179,8 @@ def _triton_scale(
     q1 = ((w + 1) * L + W - 1) // W
     small_base = (bi * C + offs_c[:, None]) * (L * L)
 
-    att = tl.zeros((BLOCK_C, BLOCK_S), dtype=tl.float32)
-    extra = tl.zeros((BLOCK_C, BLOCK_S), dtype=tl.float32)
+    att = tl.full((BLOCK_C, BLOCK_S), 0.0, tl.float32)
+    extra = tl.full((BLOCK_C, BLOCK_S), 0.0, tl.float32)
     for dr in tl.static_range(SPAN_H):
         for dq in tl.static_range(SPAN_W):
             r = r0 + dr

@@ -1,0 +1,286 @@
+"""The fused Triton MLCA path (issue 7) against a float64 reference written from the definition.
+
+There is no GPU here, so the kernels run on CPU tensors through Triton's interpreter.
+
+How TRITON_INTERPRET is scoped: an autouse fixture sets it with ``monkeypatch.setenv`` for each
+test of this file only and restores it afterwards, so other test files sharing the pytest-xdist
+worker never see it. That is enough because ``mlca_triton`` reads the variable at call time and
+wraps its kernels per call (``InterpretedFunction`` vs ``JITFunction``, cached separately);
+nothing is decided when triton or mlca is imported, so import order does not matter. Shapes are
+tiny because the interpreter runs each program in Python.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("triton")
+
+from mlca.attention import mlca_triton as mt  # noqa: E402
+
+pytestmark = pytest.mark.triton
+
+
+@pytest.fixture(autouse=True)
+def _interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+# ------------------------------------------------------------------------------------------
+# Reference, from the definition: loops over the pooling bins, explicit zero-padded conv taps,
+# the upsampling as averaging over the covering source bins. float64 throughout.
+# ------------------------------------------------------------------------------------------
+
+
+def _bins(n: int, L: int) -> list[tuple[int, int]]:
+    """Adaptive-pooling bins of n positions into L: [floor(i*n/L), ceil((i+1)*n/L))."""
+    return [((i * n) // L, -(-((i + 1) * n) // L)) for i in range(L)]
+
+
+def _conv1d_zero_pad(seq: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """(B, N) sequence, (1, 1, k) taps, zero padding (k-1)/2 at both ends, no bias."""
+    k = w.numel()
+    pad = (k - 1) // 2
+    n = seq.shape[-1]
+    out = torch.zeros_like(seq)
+    for t in range(k):
+        off = t - pad
+        lo, hi = max(0, -off), min(n, n - off)
+        if lo < hi:
+            out[:, lo:hi] = out[:, lo:hi] + w.reshape(-1)[t] * seq[:, lo + off : hi + off]
+    return out
+
+
+def _upsample_matrix(n: int, L: int) -> torch.Tensor:
+    """(n, L): output position o averages source bins [floor(o*L/n), ceil((o+1)*L/n))."""
+    U = torch.zeros(n, L, dtype=torch.float64)
+    for o in range(n):
+        r0, r1 = (o * L) // n, -(-((o + 1) * L) // n)
+        U[o, r0:r1] = 1.0 / (r1 - r0)
+    return U
+
+
+def reference(x, w_global, w_local, L: int, local_weight: float) -> torch.Tensor:
+    """MLCA in float64 from the definition; x (B, C, H, W) -> (B, C, H, W)."""
+    B, C, H, W = x.shape
+    local = torch.stack(
+        [
+            torch.stack([x[:, :, hs:he, ws:we].mean((2, 3)) for ws, we in _bins(W, L)], -1)
+            for hs, he in _bins(H, L)
+        ],
+        -2,
+    )  # (B, C, L, L)
+    glob = local.mean((2, 3))  # mean of the L*L bins, not of x
+    seq = local.permute(0, 2, 3, 1).reshape(B, L * L * C)  # bin-major, channel-minor
+    y_local = _conv1d_zero_pad(seq, w_local).reshape(B, L, L, C).permute(0, 3, 1, 2)
+    y_global = _conv1d_zero_pad(glob, w_global)
+    small = y_global.sigmoid()[:, :, None, None] * (1 - local_weight) + y_local.sigmoid() * local_weight
+    att = torch.einsum("hr,bcrq,wq->bchw", _upsample_matrix(H, L), small, _upsample_matrix(W, L))
+    return x * att
+
+
+def _reference_grads(x, wg, wl, L, lw, g):
+    xd, wgd, wld = (t.detach().double().requires_grad_() for t in (x, wg, wl))
+    out = reference(xd, wgd, wld, L, lw)
+    return (out.detach(), *torch.autograd.grad(out, (xd, wgd, wld), g.double()))
+
+
+def _run(x, wg, wl, L, lw, g, block_sizes=None):
+    x, wg, wl = (t.detach().requires_grad_() for t in (x, wg, wl))
+    out = mt.mlca_triton(x, wg, wl, L, lw, block_sizes=block_sizes)
+    return (out.detach(), *torch.autograd.grad(out, (x, wg, wl), g))
+
+
+def _inputs(B, C, H, W, k, dtype=torch.float32, channels_last=False, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, C, H, W, generator=gen).to(dtype)
+    g = torch.randn(B, C, H, W, generator=gen).to(dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    wg = torch.randn(1, 1, k, generator=gen)
+    wl = torch.randn(1, 1, k, generator=gen)
+    return x, wg, wl, g
+
+
+def _assert_matches(got, want, rtol, atol, wrtol=1e-5):
+    out, gx, gwg, gwl = got
+    r_out, r_gx, r_gwg, r_gwl = want
+    torch.testing.assert_close(out.double(), r_out, rtol=rtol, atol=atol)
+    torch.testing.assert_close(gx.double(), r_gx, rtol=rtol, atol=atol)
+    # Weight gradients are sums over the whole tensor, accumulated in float32 whatever x's dtype.
+    for a, b in ((gwg, r_gwg), (gwl, r_gwl)):
+        torch.testing.assert_close(a.double(), b, rtol=wrtol, atol=wrtol * (1 + b.abs().max().item()))
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def test_reference_is_the_seed_function():
+    """The reference above equals the seed's formulation (adaptive pooling both ways)."""
+    torch.manual_seed(1)
+    for B, C, H, W, L in [(2, 6, 7, 9, 3), (1, 4, 3, 2, 5), (1, 8, 10, 10, 5)]:
+        x = torch.randn(B, C, H, W, dtype=torch.float64)
+        wg, wl = torch.randn(1, 1, 3, dtype=torch.float64), torch.randn(1, 1, 3, dtype=torch.float64)
+        local = F.adaptive_avg_pool2d(x, L)
+        glob = F.adaptive_avg_pool2d(local, 1)
+        seq = local.view(B, C, -1).transpose(-1, -2).reshape(B, 1, -1)
+        y_local = F.conv1d(seq, wl, padding=1).reshape(B, L * L, C).transpose(-1, -2).reshape(B, C, L, L)
+        y_global = F.conv1d(glob.view(B, C, -1).transpose(-1, -2), wg, padding=1).transpose(-1, -2).unsqueeze(-1)
+        att_g = F.adaptive_avg_pool2d(y_global.sigmoid(), [L, L])
+        att = F.adaptive_avg_pool2d(att_g * 0.7 + y_local.sigmoid() * 0.3, [H, W])
+        torch.testing.assert_close(reference(x, wg, wl, L, 0.3), x * att, rtol=1e-12, atol=1e-12)
+
+
+# (B, C, H, W, L, k, channels_last, block_sizes): H or W < L, uneven/overlapping bins, L = 1..7,
+# tiles that do not divide C or H*W (small forced blocks make several loop trips and ragged tails
+# at shapes the interpreter runs quickly), both memory layouts.
+CASES = [
+    (2, 6, 7, 9, 3, 3, False, None),
+    (2, 6, 7, 9, 3, 3, True, None),
+    (1, 5, 2, 3, 5, 3, False, None),  # H, W < L: bins repeat rows/cols
+    (1, 5, 3, 2, 5, 3, True, None),
+    (1, 3, 1, 1, 7, 3, False, None),  # a single pixel
+    (2, 4, 5, 6, 1, 1, False, None),  # L = 1: global-only pooling grid, k = 1
+    (1, 4, 5, 5, 7, 5, True, None),  # H, W < L = 7
+    (1, 10, 13, 11, 7, 3, False, None),  # uneven overlapping bins, L = 7
+    (2, 11, 9, 12, 5, 5, False, (4, 16)),  # C % 4 != 0, bin rows of 24 px over 16-px tiles
+    (1, 11, 12, 7, 3, 3, True, (8, 16)),
+    (1, 70, 6, 3, 3, 3, True, None),  # C > the channels_last block (64)
+    (2, 9, 20, 20, 5, 3, False, None),  # a YOLO-like 20x20 map, even bins
+]
+
+
+@pytest.mark.parametrize("B,C,H,W,L,k,cl,blocks", CASES)
+def test_float32_matches_reference(B, C, H, W, L, k, cl, blocks):
+    x, wg, wl, g = _inputs(B, C, H, W, k, channels_last=cl)
+    got = _run(x, wg, wl, L, 0.3, g, blocks)
+    _assert_matches(got, _reference_grads(x, wg, wl, L, 0.3, g), rtol=2e-5, atol=2e-6)
+    # Same memory format out as in, for the output and for the input gradient.
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    assert got[0].is_contiguous(memory_format=fmt) and got[1].is_contiguous(memory_format=fmt)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    B=st.integers(1, 2), C=st.integers(1, 9), H=st.integers(1, 11), W=st.integers(1, 11),
+    L=st.sampled_from([1, 2, 3, 5, 7]), k=st.sampled_from([1, 3, 5]), cl=st.booleans(),
+    lw=st.floats(0.0, 1.0), seed=st.integers(0, 2**16),
+)
+def test_random_shapes_match_reference(B, C, H, W, L, k, cl, lw, seed):
+    x, wg, wl, g = _inputs(B, C, H, W, k, channels_last=cl, seed=seed)
+    got = _run(x, wg, wl, L, lw, g, (4, 16))
+    _assert_matches(got, _reference_grads(x, wg, wl, L, lw, g), rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize(
+    "dtype,tol", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)]
+)
+@pytest.mark.parametrize("cl", [False, True])
+def test_half_precision_inputs(dtype, tol, cl):
+    """fp16/bf16 in and out, float32 inside: one rounding of the output (and of grad_x)."""
+    x, wg, wl, g = _inputs(2, 6, 7, 9, 3, dtype=dtype, channels_last=cl, seed=3)
+    got = _run(x, wg, wl, 3, 0.5, g)
+    assert got[0].dtype == dtype and got[1].dtype == dtype
+    assert got[2].dtype == torch.float32 and got[3].dtype == torch.float32
+    # The reference sees the same rounded inputs, so the error is the final rounding only.
+    _assert_matches(got, _reference_grads(x, wg, wl, 3, 0.5, g), rtol=tol, atol=tol, wrtol=1e-4)
+
+
+def test_gradient_with_other_strides_than_x():
+    """grad_output laid out differently from x (NCHW x, channels_last g) and a non-dense x."""
+    x, wg, wl, g = _inputs(1, 5, 6, 7, 3, seed=4)
+    g_cl = g.to(memory_format=torch.channels_last)
+    got = _run(x, wg, wl, 3, 0.5, g_cl)
+    _assert_matches(got, _reference_grads(x, wg, wl, 3, 0.5, g), rtol=2e-5, atol=2e-6)
+    big = torch.randn(1, 5, 12, 7)
+    x_strided = big[:, :, ::2]  # (1, 5, 6, 7) with a row stride of 14
+    got = _run(x_strided, wg, wl, 3, 0.5, g)
+    _assert_matches(got, _reference_grads(x_strided, wg, wl, 3, 0.5, g), rtol=2e-5, atol=2e-6)
+
+
+def test_only_some_inputs_need_grad():
+    x, wg, wl, g = _inputs(1, 4, 5, 6, 3, seed=5)
+    want = _reference_grads(x, wg, wl, 3, 0.5, g)
+    wl_ = wl.detach().requires_grad_()
+    out = mt.mlca_triton(x, wg, wl_, 3, 0.5)
+    (gwl,) = torch.autograd.grad(out, (wl_,), g)
+    torch.testing.assert_close(gwl.double(), want[3], rtol=1e-5, atol=1e-6)
+    x_ = x.detach().requires_grad_()
+    out = mt.mlca_triton(x_, wg, wl, 3, 0.5)
+    (gx,) = torch.autograd.grad(out, (x_,), g)
+    torch.testing.assert_close(gx.double(), want[1], rtol=2e-5, atol=2e-6)
+
+
+def test_deterministic_bit_identical_gradients():
+    """No atomics: deterministic mode is accepted and two runs agree bit for bit."""
+    x, wg, wl, g = _inputs(2, 7, 9, 10, 5, channels_last=True, seed=6)
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        first = _run(x, wg, wl, 5, 0.5, g, (4, 16))
+        second = _run(x, wg, wl, 5, 0.5, g, (4, 16))
+    finally:
+        torch.use_deterministic_algorithms(was)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def test_non_finite_stays_in_its_bins():
+    """An inf in x poisons only the pooling bins that contain it (select, not 0/1 multiply)."""
+    x = torch.randn(1, 2, 6, 6)
+    x[0, 0, 0, 0] = float("inf")
+    local = mt._bin_reduce(x, None, 3, True, None)
+    expected = F.adaptive_avg_pool2d(x.double(), 3)
+    assert torch.equal(torch.isinf(local), torch.isinf(expected))
+    finite = torch.isfinite(expected)
+    torch.testing.assert_close(local.double()[finite], expected[finite], rtol=1e-6, atol=1e-6)
+
+
+def test_empty_batch():
+    x = torch.randn(0, 4, 5, 5)
+    out = mt.mlca_triton(x, torch.randn(1, 1, 3), torch.randn(1, 1, 3), 3, 0.5)
+    assert out.shape == x.shape
+
+
+def test_bad_inputs_have_clear_errors(monkeypatch):
+    w = torch.randn(1, 1, 3)
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        mt.mlca_triton(torch.randn(2, 3, 4), w, w, 3, 0.5)
+    with pytest.raises(TypeError, match="float64"):
+        mt.mlca_triton(torch.randn(1, 2, 4, 4, dtype=torch.float64), w, w, 3, 0.5)
+    with pytest.raises(ValueError, match="odd k"):
+        mt.mlca_triton(torch.randn(1, 2, 4, 4), torch.randn(1, 1, 2), w, 3, 0.5)
+    with pytest.raises(ValueError, match="local_size"):
+        mt.mlca_triton(torch.randn(1, 2, 4, 4), w, w, 0, 0.5)
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        mt.mlca_triton(torch.randn(1, 2, 4, 4), w, w, 3, 0.5)
+
+
+def test_triton_available_follows_the_environment(monkeypatch):
+    assert mt.triton_available()  # interpreter requested by the fixture
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert mt.triton_available() == torch.cuda.is_available()
+
+
+def test_mlca_module_triton_backend_matches_torch_backend():
+    """Wiring: MLCA(backend='triton') runs these kernels and agrees with the PyTorch path."""
+    mlca_mod = pytest.importorskip("mlca.attention.mlca")
+    torch.manual_seed(7)
+    torch_mod = mlca_mod.MLCA(16, local_size=5, backend="torch")
+    triton_mod = mlca_mod.MLCA(16, local_size=5, backend="triton")
+    triton_mod.load_state_dict(torch_mod.state_dict())
+    x = torch.randn(2, 16, 11, 9)
+    g = torch.randn_like(x)
+    outs = []
+    for mod in (torch_mod, triton_mod):
+        xi = x.clone().requires_grad_()
+        out = mod(xi)
+        out.backward(g)
+        outs.append((out.detach(), xi.grad, mod.conv.weight.grad, mod.conv_local.weight.grad))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
