@@ -54,7 +54,7 @@ _NORM_NO_STATS = {aten._native_batch_norm_legit_no_training}
 _MOVE = {
     aten.cat, aten.stack, aten.clone, aten._to_copy, aten.copy_, aten.contiguous, aten.empty_like,
     aten.zeros_like, aten.ones_like, aten.empty, aten.empty_strided, aten.lift_fresh, aten.detach, aten.split, aten.split_with_sizes,
-    aten.constant_pad_nd,
+    aten.constant_pad_nd, aten._unsafe_view, aten.alias,
 }
 
 
