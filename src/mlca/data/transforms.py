@@ -1,0 +1,169 @@
+"""Letterbox and training augmentation, on torchvision.transforms.v2 tv_tensors.
+
+Boxes travel as ``tv_tensors.BoundingBoxes`` (XYXY, with their canvas size) beside a
+``tv_tensors.Image``, so every geometric op moves image and boxes together through the same
+v2 kernel. During the geometric steps the boxes are left unclamped (``clamping_mode=None``) so
+we can measure how much of each box is still inside the image before clamping it; a box that
+kept less than ``min_visible`` of its area, or is thinner than ``min_size`` pixels, is dropped
+(by ``v2.SanitizeBoundingBoxes``), as a sliver of an object is not a fair target.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+__all__ = [
+    "DEFAULT_HYP",
+    "PAD_VALUE",
+    "resolve_hyp",
+    "letterbox_params",
+    "letterbox",
+    "random_affine",
+    "TrainAugment",
+]
+
+# YOLO's grey: the padding value the detectors of this family are trained with
+PAD_VALUE = 114
+
+# Augmentation defaults, chosen for small datasets trained from scratch (YOLOv5's
+# hyp.scratch-low, toned down where a short schedule cannot absorb it):
+DEFAULT_HYP: dict[str, float] = {
+    "hsv_h": 0.015,  # hue jitter, fraction of the colour wheel (v2.ColorJitter hue)
+    "hsv_s": 0.5,  # saturation jitter: factor in [1 - s, 1 + s]
+    "hsv_v": 0.3,  # brightness jitter: factor in [1 - v, 1 + v]
+    "degrees": 0.0,  # rotation: boxes of rotated boxes grow loose, so off by default
+    "translate": 0.1,  # shift, fraction of the output size
+    "scale": 0.5,  # zoom factor in [1 - scale, 1 + scale]
+    "shear": 0.0,  # shear in degrees
+    "fliplr": 0.5,  # probability of a horizontal flip
+    "flipud": 0.0,  # probability of a vertical flip (off: most scenes have an "up")
+    "mosaic": 0.5,  # probability that a training image is a 4-image mosaic
+    "min_size": 2.0,  # boxes thinner than this (pixels, after augmentation) are dropped
+    "min_visible": 0.2,  # boxes keeping less than this fraction of their area are dropped
+}
+
+
+def resolve_hyp(hyp: dict[str, Any] | None) -> dict[str, float]:
+    """The defaults updated with ``hyp``'s augmentation keys (other keys, e.g. loss gains, are ignored)."""
+    out = dict(DEFAULT_HYP)
+    for k, v in (hyp or {}).items():
+        if k in out:
+            out[k] = float(v)
+    for k in ("fliplr", "flipud", "mosaic", "min_visible"):
+        if not 0.0 <= out[k] <= 1.0:
+            raise ValueError(f"hyp[{k!r}] must be a probability/fraction in [0, 1], got {out[k]}")
+    if not 0.0 <= out["scale"] < 1.0:
+        raise ValueError(f"hyp['scale'] must be in [0, 1), got {out['scale']}")
+    return out
+
+
+def letterbox_params(width: int, height: int, size: int) -> tuple[float, int, int, int, int]:
+    """``(ratio, new_w, new_h, pad_x, pad_y)`` to fit a ``width x height`` image in ``size x size``.
+
+    The long side becomes ``size`` (up- or down-scaled); the short side is padded evenly
+    (the odd pixel goes right/bottom). A point ``p`` of the original maps to ``p * ratio + pad``.
+    """
+    ratio = size / max(width, height)
+    new_w = min(size, max(1, round(width * ratio)))
+    new_h = min(size, max(1, round(height * ratio)))
+    return ratio, new_w, new_h, (size - new_w) // 2, (size - new_h) // 2
+
+
+def letterbox(
+    image: torch.Tensor, boxes: torch.Tensor | np.ndarray, size: int
+) -> tuple[tv_tensors.Image, tv_tensors.BoundingBoxes, float, tuple[int, int]]:
+    """Resize keeping the aspect ratio, then pad to ``size x size`` with grey 114.
+
+    Args:
+        image: ``(3, H, W)`` uint8.
+        boxes: ``(n, 4)`` xyxy in the image's pixels.
+        size: the output side ``S``.
+
+    Returns:
+        ``(image (3, S, S) uint8, boxes (n, 4) = boxes * ratio + pad, ratio, (pad_x, pad_y))``.
+        Boxes use exactly ``ratio`` (not the rounded resize factor), so the engine's
+        ``(b - pad) / ratio`` inverts them exactly.
+    """
+    h, w = image.shape[-2:]
+    ratio, new_w, new_h, px, py = letterbox_params(w, h, size)
+    img = F.resize(tv_tensors.Image(image), [new_h, new_w], antialias=True)
+    img = F.pad(img, [px, py, size - new_w - px, size - new_h - py], fill=PAD_VALUE)
+    b = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4) * ratio
+    b = b + torch.tensor([px, py, px, py], dtype=b.dtype)
+    bb = tv_tensors.BoundingBoxes(b, format="XYXY", canvas_size=(size, size), clamping_mode=None)
+    return img, bb, ratio, (px, py)
+
+
+def _area(b: torch.Tensor) -> torch.Tensor:
+    return (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
+
+
+def random_affine(
+    image: tv_tensors.Image, boxes: tv_tensors.BoundingBoxes, out_size: int, hyp: dict[str, float]
+) -> tuple[tv_tensors.Image, tv_tensors.BoundingBoxes, torch.Tensor]:
+    """Random scale / translate (/ rotate / shear) about the centre, then a centre crop to ``out_size``.
+
+    The input may be larger than the output (a 2S mosaic canvas): the crop then keeps the
+    middle, as YOLOv5's mosaic border does. Translation is a fraction of ``out_size``.
+
+    Returns:
+        ``(image (3, out, out), boxes clamped to the output, visible (n,) fraction of each
+        transformed box's area that lies inside the output)``.
+    """
+    r = torch.rand(4).tolist()
+    scale = 1 + (2 * r[0] - 1) * hyp["scale"]
+    angle = (2 * r[1] - 1) * hyp["degrees"]
+    shear = (2 * r[2] - 1) * hyp["shear"]
+    t = (torch.rand(2) * 2 - 1) * hyp["translate"] * out_size
+    translate = [round(t[0].item()), round(t[1].item())]
+    img = F.affine(image, angle=angle, translate=translate, scale=scale, shear=[shear, 0.0], fill=PAD_VALUE)
+    box = F.affine(boxes, angle=angle, translate=translate, scale=scale, shear=[shear, 0.0])
+    if img.shape[-1] != out_size or img.shape[-2] != out_size:
+        img = F.center_crop(img, [out_size, out_size])
+        box = F.center_crop(box, [out_size, out_size])
+    full = _area(box.as_subclass(torch.Tensor))
+    box = F.clamp_bounding_boxes(box, clamping_mode="hard")
+    visible = _area(box.as_subclass(torch.Tensor)) / full.clamp(min=1e-9)
+    return img, box, visible
+
+
+class TrainAugment:
+    """Photometric and geometric augmentation of one (already letterboxed or mosaicked) sample.
+
+    ``__call__(image (3, H, W) uint8, boxes BoundingBoxes (n, 4), labels (n,), out_size)``
+    ``-> (image (3, out, out) uint8, boxes (m, 4) xyxy float32, labels (m,))``, ``m <= n``.
+    """
+
+    def __init__(self, hyp: dict[str, float]) -> None:
+        self.hyp = hyp
+        jitter = {
+            "brightness": hyp["hsv_v"] or None,
+            "saturation": hyp["hsv_s"] or None,
+            "hue": hyp["hsv_h"] or None,
+        }
+        self.color = v2.ColorJitter(**jitter)
+        self.flips = v2.Compose([v2.RandomHorizontalFlip(hyp["fliplr"]), v2.RandomVerticalFlip(hyp["flipud"])])
+        self.sanitize = v2.SanitizeBoundingBoxes(min_size=hyp["min_size"], min_area=hyp["min_size"] ** 2)
+
+    def __call__(
+        self, image: torch.Tensor, boxes: tv_tensors.BoundingBoxes, labels: torch.Tensor, out_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        img, box, visible = random_affine(tv_tensors.Image(image), boxes, out_size, self.hyp)
+        keep = visible >= self.hyp["min_visible"]
+        box = tv_tensors.wrap(box[keep], like=box)
+        sample = {"image": img, "boxes": box, "labels": labels[keep]}
+        sample = self.flips(sample)
+        sample["image"] = self.color(sample["image"])
+        sample = self.sanitize(sample)
+        return (
+            sample["image"].as_subclass(torch.Tensor),
+            sample["boxes"].as_subclass(torch.Tensor).float(),
+            sample["labels"],
+        )
+
