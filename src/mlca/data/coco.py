@@ -52,7 +52,7 @@ def coco_split(root: Path, spec: Any, source: Path | None = None) -> tuple[Path,
 
 
 @lru_cache(maxsize=4)
-def _load(path: Path, mtime: float) -> dict:
+def _load(path: Path, mtime_ns: int, size: int) -> dict:
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -68,7 +68,8 @@ def _load(path: Path, mtime: float) -> dict:
 def _coco(path: Path) -> dict:
     if not path.is_file():
         raise DataError(path, "COCO annotation file not found")
-    return _load(path, path.stat().st_mtime)
+    st = path.stat()  # a rewritten file must not hit the cache
+    return _load(path, st.st_mtime_ns, st.st_size)
 
 
 def coco_names(path: Path) -> list[str]:
