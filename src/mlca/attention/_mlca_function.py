@@ -25,27 +25,81 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.nn.grad import conv1d_weight
 
 from ._pooling import adaptive_mean, adaptive_mean_adjoint, cached_bins
 
 __all__ = ["mlca_function"]
 
 
-def _blocks(t: Tensor, ls: int) -> Tensor:
-    """(B, C, H, W) with H, W multiples of ls -> the view (B, C, ls, H/ls, ls, W/ls)."""
-    return t.unflatten(3, (ls, t.shape[3] // ls)).unflatten(2, (ls, t.shape[2] // ls))
+class _Rows:
+    """Views of (B, C, H, W) tensors, H and W multiples of ls, as (N, ls, kh, R) "bin rows".
 
+    NCHW: N = B*C, R = W (one image row per channel); channels_last: N = B, R = W*C (an image
+    row of all channels). Either way the kh rows of a bin row are contiguous runs of length R,
+    so pooling is a sum over dim 2 with a long contiguous inner loop, and scaling is a broadcast
+    of a (N, ls, 1, R) map -- the small map repeated along W only. kw = W / ls.
+    """
 
-def _spread(small: Tensor) -> Tensor:
-    """(B, C, ls, ls) -> broadcastable (B, C, ls, 1, ls, 1) against ``_blocks``."""
-    return small[:, :, :, None, :, None]
+    def __init__(self, x: Tensor, ls: int) -> None:
+        b, c, h, w = x.shape
+        self.channels_last = x.dim() == 4 and c > 1 and x.is_contiguous(
+            memory_format=torch.channels_last) and not x.is_contiguous()
+        self.b, self.c, self.h, self.w, self.ls = b, c, h, w, ls
+        self.kh, self.kw = h // ls, w // ls
+        self.n, self.d = (b, c) if self.channels_last else (b * c, 1)
+        self.r = w * self.d
+
+    def like(self, t: Tensor) -> Tensor:
+        """t in the same memory format as the frame (copies only if it is not)."""
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return t.contiguous(memory_format=fmt)
+
+    def rows(self, t: Tensor) -> Tensor:
+        """(B, C, H, W) in the frame's format -> view (N, ls, kh, R)."""
+        if self.channels_last:
+            t = t.permute(0, 2, 3, 1)
+        return t.reshape(self.n, self.ls, self.kh, self.r)
+
+    def pool_rows(self, rows: Tensor, dtype: torch.dtype) -> Tensor:
+        """(N, ls, kh, R) -> bin sums (B, C, ls, ls) in ``dtype`` (sum over kh first)."""
+        s = rows.sum(dim=2, dtype=dtype).reshape(self.n, self.ls, self.ls, self.kw, self.d).sum(dim=3)
+        if self.channels_last:
+            return s.permute(0, 3, 1, 2)  # (B, ls, ls, C) -> (B, C, ls, ls)
+        return s.reshape(self.b, self.c, self.ls, self.ls)
+
+    def spread(self, small: Tensor) -> Tensor:
+        """(B, C, ls, ls) -> (N, ls, 1, R): each bin value repeated over its kw columns."""
+        if self.channels_last:
+            s = small.permute(0, 2, 3, 1)  # (B, ls, ls, C)
+        else:
+            s = small.reshape(self.n, self.ls, self.ls, 1)
+        s = s.unsqueeze(3).expand(self.n, self.ls, self.ls, self.kw, self.d)
+        return s.reshape(self.n, self.ls, 1, self.r)
 
 
 def _mix(local: Tensor, wg: Tensor, wl: Tensor, lw: float):
     from .mlca import mlca_mix  # late import: mlca.py imports this module lazily too
 
-    return mlca_mix(local, wg, wl, lw)
+    return mlca_mix(local, wg, wl, lw, shifted_conv=True)
+
+
+def _conv1d_same_backward(x: Tensor, w: Tensor, g_y: Tensor, need_w: bool):
+    """Grads of ``conv1d_same(x, w)``: x (B, 1, L), w (1, 1, k), g_y (B, 1, L).
+
+    Input grad: the transposed conv, i.e. the same-padded correlation with the flipped kernel
+    (stride 1, odd k). Weight grad: ``g_w[j] = sum_{b,t} g_y[b, t] * x_pad[b, t + j]``.
+    """
+    from .mlca import conv1d_same
+
+    g_x = conv1d_same(g_y, w.flip(-1))
+    g_w = None
+    if need_w:
+        k = w.shape[-1]
+        pad = (k - 1) // 2
+        length = x.shape[-1]
+        xp = F.pad(x, (pad, pad))
+        g_w = torch.stack([(g_y * xp[:, :, j:j + length]).sum() for j in range(k)]).view(1, 1, k)
+    return g_x, g_w
 
 
 def _mix_backward(
@@ -54,16 +108,12 @@ def _mix_backward(
 ) -> Tuple[Tensor, Tensor | None, Tensor | None]:
     """Backward of ``mlca_mix``: (B, C, ls, ls) grad of mix -> grads of local, w_global, w_local."""
     b, c, ls = g_mix.shape[0], g_mix.shape[1], g_mix.shape[2]
-    pad = (wg.shape[-1] - 1) // 2
     # mix = s_global * (1 - lw) + s_local * lw, s_global broadcast over the ls*ls bins.
     g_sl = (g_mix * lw).reshape(b, c, ls * ls).transpose(1, 2).reshape(b, 1, ls * ls * c)
     g_yl = g_sl * s_local * (1.0 - s_local)
     g_yg = (g_mix.sum(dim=(2, 3)) * (1.0 - lw)).reshape(b, 1, c) * s_global * (1.0 - s_global)
-    # conv1d with stride 1 and padding p: its input-gradient is the transposed conv.
-    g_seq = F.conv_transpose1d(g_yl, wl, padding=pad)
-    g_gvec = F.conv_transpose1d(g_yg, wg, padding=pad)
-    g_wg = conv1d_weight(gvec, wg.shape, g_yg, padding=pad) if need_w[0] else None
-    g_wl = conv1d_weight(seq, wl.shape, g_yl, padding=pad) if need_w[1] else None
+    g_seq, g_wl = _conv1d_same_backward(seq, wl, g_yl, need_w[1])
+    g_gvec, g_wg = _conv1d_same_backward(gvec, wg, g_yg, need_w[0])
     g_local = g_seq.reshape(b, ls * ls, c).transpose(1, 2).reshape(b, c, ls, ls)
     g_local = g_local + g_gvec.reshape(b, c, 1, 1) / (ls * ls)  # gvec = mean of the ls*ls bins
     return g_local, g_wg, g_wl
@@ -76,9 +126,11 @@ class _MLCAFunction(torch.autograd.Function):
         cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
         wg, wl = w_global.to(cdt), w_local.to(cdt)
         divisible = h % ls == 0 and w % ls == 0
+        frame = None
         if divisible:
-            x6 = _blocks(x, ls)
-            local = x6.sum(dim=(3, 5), dtype=cdt) / ((h // ls) * (w // ls))
+            frame = _Rows(x, ls)
+            x = frame.like(x)
+            local = frame.pool_rows(frame.rows(x), cdt) / (frame.kh * frame.kw)
         else:
             xc = x.to(cdt)
             local = adaptive_mean(adaptive_mean(xc, 2, ls, cached_bins(h, ls, x.device)), 3, ls,
@@ -86,20 +138,20 @@ class _MLCAFunction(torch.autograd.Function):
         mix, s_global, s_local, gvec, seq = _mix(local, wg, wl, lw)
         mixx = mix.to(x.dtype)
         out = torch.empty_like(x)  # keeps x's memory format (channels_last in -> out)
-        if divisible:
-            torch.mul(x6, _spread(mixx), out=_blocks(out, ls))
+        if frame is not None:
+            torch.mul(frame.rows(x), frame.spread(mixx), out=frame.rows(out))
         else:
             att = adaptive_mean(adaptive_mean(mixx, 3, w, cached_bins(ls, w, x.device)), 2, h,
                                 cached_bins(ls, h, x.device))
             torch.mul(x, att, out=out)
         ctx.save_for_backward(x, mix, s_global, s_local, gvec, seq, wg, wl, w_global, w_local)
-        ctx.ls, ctx.lw, ctx.divisible = ls, lw, divisible
+        ctx.ls, ctx.lw, ctx.frame = ls, lw, frame
         return out
 
     @staticmethod
     def backward(ctx, g: Tensor):
         x, mix, s_global, s_local, gvec, seq, wg, wl, w_global, w_local = ctx.saved_tensors
-        ls, lw, divisible = ctx.ls, ctx.lw, ctx.divisible
+        ls, lw, frame = ctx.ls, ctx.lw, ctx.frame
         need_x, need_wg, need_wl = ctx.needs_input_grad[:3]
         h, w = x.shape[2], x.shape[3]
         cdt = mix.dtype
@@ -107,9 +159,10 @@ class _MLCAFunction(torch.autograd.Function):
         mixx = mix.to(x.dtype)
 
         # dL/dmix = U^T (g * x)
-        if divisible:
-            g6, x6 = _blocks(g, ls), _blocks(x, ls)
-            g_mix = (g6 * x6).sum(dim=(3, 5), dtype=cdt)
+        if frame is not None:
+            g = frame.like(g)
+            g_rows = frame.rows(g)
+            g_mix = frame.pool_rows(g_rows * frame.rows(x), cdt)
         else:
             gx = (g * x).to(cdt)
             g_mix = adaptive_mean_adjoint(
@@ -123,10 +176,11 @@ class _MLCAFunction(torch.autograd.Function):
         grad_x = None
         if need_x:
             grad_x = torch.empty_like(x)
-            if divisible:
+            if frame is not None:
                 # g * U(mix) + P^T(dlocal) in one broadcast pass; P^T spreads dlocal / bin size.
-                g_pool = (g_local / ((h // ls) * (w // ls))).to(x.dtype)
-                torch.addcmul(_spread(g_pool), g6, _spread(mixx), out=_blocks(grad_x, ls))
+                g_pool = (g_local / (frame.kh * frame.kw)).to(x.dtype)
+                torch.addcmul(frame.spread(g_pool), g_rows, frame.spread(mixx),
+                              out=frame.rows(grad_x))
             else:
                 att = adaptive_mean(adaptive_mean(mixx, 3, w, cached_bins(ls, w, dev)), 2, h,
                                     cached_bins(ls, h, dev))

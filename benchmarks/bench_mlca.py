@@ -1,0 +1,255 @@
+"""Benchmark of the MLCA layer: naive formulation vs mlca, eager and compiled, fwd and fwd+bwd.
+
+Usage::
+
+    python benchmarks/bench_mlca.py                 # CPU, YOLO feature shapes
+    python benchmarks/bench_mlca.py --quick         # a short smoke run
+    python benchmarks/bench_mlca.py --device cuda   # also on a GPU (adds CUDA peak memory)
+
+For every shape and contender it prints the median time of the forward and of forward+backward
+(over repeated runs cycling through several different inputs, so that no run reuses a warm
+cache line of the previous one), the activation memory the forward keeps for backward (bytes of
+the distinct tensors autograd saves, measured with ``saved_tensors_hooks``; on CUDA also the
+peak allocated memory of a forward+backward), and the ratios to the naive eager formulation and
+to the naive compiled one.
+
+Contenders are entries of ``CONTENDERS``; other back-ends (the Triton path of issue 7) append
+theirs with ``CONTENDERS.append(Contender(...))`` or by adding to the list below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mlca.attention.mlca import MLCA
+
+YOLO_SHAPES = [(16, 64, 80, 80), (16, 128, 40, 40), (16, 256, 20, 20), (8, 256, 80, 80)]
+QUICK_SHAPES = [(4, 64, 40, 40), (4, 128, 20, 20)]
+
+
+class NaiveMLCA(nn.Module):
+    """The straightforward formulation with adaptive pooling (the seed's computation, re-written).
+
+    x: (B, C, H, W) -> (B, C, H, W).
+    """
+
+    def __init__(self, in_size: int, local_size: int = 5, local_weight: float = 0.5) -> None:
+        super().__init__()
+        k = int(abs(math.log2(in_size) + 1) / 2)
+        k = k if k % 2 else k + 1
+        self.conv = nn.Conv1d(1, 1, k, padding=(k - 1) // 2, bias=False)
+        self.conv_local = nn.Conv1d(1, 1, k, padding=(k - 1) // 2, bias=False)
+        self.local_size, self.local_weight = local_size, local_weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        ls = self.local_size
+        local = F.adaptive_avg_pool2d(x, ls)
+        glob = F.adaptive_avg_pool2d(local, 1).reshape(b, 1, c)
+        seq = local.reshape(b, c, ls * ls).transpose(1, 2).reshape(b, 1, ls * ls * c)
+        att_local = self.conv_local(seq).sigmoid().reshape(b, ls * ls, c).transpose(1, 2)
+        att_local = att_local.reshape(b, c, ls, ls)
+        att_global = self.conv(glob).sigmoid().reshape(b, c, 1, 1)
+        mix = att_global * (1 - self.local_weight) + att_local * self.local_weight
+        return x * F.adaptive_avg_pool2d(mix, (h, w))
+
+
+@dataclass
+class Contender:
+    """One implementation under test. ``build(channels, device)`` returns a callable module."""
+
+    name: str
+    build: Callable[[int, torch.device], Callable[[Tensor], Tensor]]
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    compiled: bool = False
+
+
+def _naive(c: int, dev: torch.device) -> nn.Module:
+    return NaiveMLCA(c).to(dev)
+
+
+def _mlca(c: int, dev: torch.device) -> nn.Module:
+    return MLCA(c, backend="torch").to(dev)
+
+
+def _compiled(build: Callable[[int, torch.device], nn.Module]):
+    def make(c: int, dev: torch.device):
+        return torch.compile(build(c, dev))
+
+    return make
+
+
+CONTENDERS: list[Contender] = [
+    Contender("naive eager", _naive),
+    Contender("naive compiled", _compiled(_naive), compiled=True),
+    Contender("mlca eager", _mlca),
+    Contender("mlca compiled", _compiled(_mlca), compiled=True),
+]
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _median_time(fn: Callable[[int], None], reps: int, warmup: int, dev: torch.device) -> float:
+    for i in range(warmup):
+        fn(i)
+    times = []
+    for i in range(reps):
+        _sync(dev)
+        t0 = time.perf_counter()
+        fn(i)
+        _sync(dev)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _saved_bytes(mod: Callable[[Tensor], Tensor], x: Tensor) -> int:
+    """Bytes of the distinct tensors autograd keeps from the forward for the backward.
+
+    Under torch.compile the saved activations are those of the compiled graph's backward.
+    """
+    seen: dict[tuple[int, int], int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        if t.numel() and not isinstance(t, nn.Parameter) and t.data_ptr() != x.data_ptr():
+            seen[(t.untyped_storage().data_ptr(), t.dtype.itemsize)] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        mod(x).sum().backward()
+    return sum(seen.values())
+
+
+@dataclass
+class Row:
+    shape: tuple[int, int, int, int]
+    name: str
+    fwd_ms: float
+    fwdbwd_ms: float
+    saved_mb: float
+    peak_mb: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def bench_shape(shape, contenders, dev, reps, warmup, n_inputs=3) -> list[Row]:
+    b, c, h, w = shape
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    xs = [torch.randn(shape, generator=gen).to(dev) for _ in range(n_inputs)]
+    xs_g = [x.clone().requires_grad_(True) for x in xs]
+    gs = [torch.randn(shape, generator=gen).to(dev) for _ in range(n_inputs)]
+    ref_state = None
+    rows = []
+    for con in contenders:
+        if dev.type not in con.devices:
+            continue
+        torch.manual_seed(0)
+        mod = con.build(c, dev)
+        base = getattr(mod, "_orig_mod", mod)
+        if ref_state is None:
+            ref_state = {k: v.detach().clone() for k, v in base.state_dict().items()}
+        else:
+            base.load_state_dict(ref_state)
+
+        def fwd(i: int) -> None:
+            with torch.no_grad():
+                mod(xs[i % n_inputs])
+
+        def fwdbwd(i: int) -> None:
+            x = xs_g[i % n_inputs]
+            x.grad = None
+            mod(x).backward(gs[i % n_inputs])
+
+        t_f = _median_time(fwd, reps, warmup, dev)
+        t_fb = _median_time(fwdbwd, reps, warmup, dev)
+        x0 = xs[0].clone().requires_grad_(True)
+        saved = _saved_bytes(mod, x0)
+        peak = None
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+            start = torch.cuda.memory_allocated(dev)
+            fwdbwd(0)
+            _sync(dev)
+            peak = (torch.cuda.max_memory_allocated(dev) - start) / 2**20
+        rows.append(Row(shape, con.name, t_f * 1e3, t_fb * 1e3, saved / 2**20, peak))
+        print(f"  {con.name:<16} fwd {t_f * 1e3:8.2f} ms  fwd+bwd {t_fb * 1e3:8.2f} ms  "
+              f"saved {saved / 2**20:7.1f} MiB", flush=True)
+    return rows
+
+
+def markdown_table(rows: list[Row], dev: torch.device) -> str:
+    """Table with the ratios to the naive eager and naive compiled rows of the same shape."""
+    out = [
+        "| shape (B,C,H,W) | implementation | fwd ms | fwd+bwd ms | saved for bwd MiB"
+        + (" | peak MiB" if dev.type == "cuda" else "")
+        + " | fwd speedup vs naive eager / compiled | fwd+bwd speedup vs naive eager / compiled |",
+        "|---|---|---:|---:|---:|" + ("---:|" if dev.type == "cuda" else "") + "---:|---:|",
+    ]
+    by_shape: dict[tuple, dict[str, Row]] = {}
+    for r in rows:
+        by_shape.setdefault(r.shape, {})[r.name] = r
+    for shape, named in by_shape.items():
+        ne, nc = named.get("naive eager"), named.get("naive compiled")
+        for r in named.values():
+            def ratio(base: Row | None, attr: str) -> str:
+                return f"{getattr(base, attr) / getattr(r, attr):.2f}x" if base else "-"
+
+            peak = f" | {r.peak_mb:.1f}" if r.peak_mb is not None else ""
+            out.append(
+                f"| {shape} | {r.name} | {r.fwd_ms:.2f} | {r.fwdbwd_ms:.2f} | {r.saved_mb:.1f}{peak} | "
+                f"{ratio(ne, 'fwd_ms')} / {ratio(nc, 'fwd_ms')} | "
+                f"{ratio(ne, 'fwdbwd_ms')} / {ratio(nc, 'fwdbwd_ms')} |"
+            )
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--quick", action="store_true", help="small shapes, few repetitions")
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions (default 15, quick 5)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for the CPU")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile contenders")
+    p.add_argument("--only", nargs="*", default=None, help="contender names to run")
+    args = p.parse_args(argv)
+
+    dev = torch.device(args.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        print("CUDA requested but not available", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shapes = QUICK_SHAPES if args.quick else YOLO_SHAPES
+    reps = args.reps or (5 if args.quick else 15)
+    warmup = 2 if args.quick else 3
+    contenders = [c for c in CONTENDERS if not (args.no_compile and c.compiled)]
+    if args.only:
+        contenders = [c for c in contenders if c.name in args.only]
+
+    machine = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine()
+    print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, torch {torch.__version__}, "
+          f"{dev.type} ({machine}), {torch.get_num_threads()} threads, median of {reps}")
+    rows: list[Row] = []
+    for shape in shapes:
+        print(f"shape {shape}", flush=True)
+        rows += bench_shape(shape, contenders, dev, reps, warmup)
+    print()
+    print(markdown_table(rows, dev))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
