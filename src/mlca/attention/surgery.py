@@ -81,7 +81,10 @@ def _like(new: nn.Module, old: nn.Module) -> nn.Module:
 def _named_matches(model: nn.Module, predicate: Callable[[nn.Module], bool]) -> Iterator[tuple[nn.Module, str, nn.Module]]:
     """(parent, attribute name, child) for every matching module, outermost first, not descending
     into a match (an SE inside an SE, or a block inside a matched block, is left alone)."""
-    for attr, child in list(model.named_children()):
+    # _modules, not named_children(): a block shared by two parents must be found under both
+    for attr, child in list(model._modules.items()):
+        if child is None:
+            continue
         if predicate(child):
             yield model, attr, child
         else:
