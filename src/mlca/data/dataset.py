@@ -121,7 +121,8 @@ def collate(
     batch: Sequence[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]],
 ) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
     """Batch samples: ``(imgs (B, 3, S, S), targets (N, 6) [img_idx, cls, cx, cy, w, h], metas)``."""
+    if not batch:
+        raise ValueError("collate got an empty batch")
     imgs = torch.stack([b[0] for b in batch])
-    targets = [torch.cat([torch.full((len(t), 1), float(k)), t], 1) for k, (_, t, _) in enumerate(batch)]
-    targets = torch.cat(targets) if targets else torch.zeros((0, 6))
+    targets = torch.cat([torch.cat([torch.full((len(t), 1), float(k)), t], 1) for k, (_, t, _) in enumerate(batch)])
     return imgs, targets, [b[2] for b in batch]
