@@ -15,7 +15,7 @@ module under a dispatch mode that sees every ATen op and counts the rest by thes
 * softmax: 5 per element (max, subtract, exp, sum, divide);
 * a norm that computes statistics (group norm, batch norm in training): 5 per element
   (sum, subtract-square, sum, then scale and shift); batch norm in eval: 2 per element;
-* data movement (views, cat, copies, dtype casts): 0.
+* data movement and index construction (views, cat, copies, dtype casts, gathers, arange): 0.
 
 Any other op is listed in ``AttentionCost.uncounted`` instead of being guessed; the built-in
 modules have none (a test checks it). Costs are for one forward in eval mode.
@@ -54,7 +54,8 @@ _NORM_NO_STATS = {aten._native_batch_norm_legit_no_training}
 _MOVE = {
     aten.cat, aten.stack, aten.clone, aten._to_copy, aten.copy_, aten.contiguous, aten.empty_like,
     aten.zeros_like, aten.ones_like, aten.empty, aten.empty_strided, aten.lift_fresh, aten.detach, aten.split, aten.split_with_sizes,
-    aten.constant_pad_nd, aten._unsafe_view, aten.alias,
+    aten.constant_pad_nd, aten._unsafe_view, aten.alias, aten.index_select, aten.gather, aten.index,
+    aten.arange, aten.zeros, aten.full, aten.new_zeros, aten.new_empty, aten.scalar_tensor,
 }
 
 
