@@ -38,6 +38,7 @@ from mlca.engine.schedule import WarmupCosine, build_optimizer
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingDivergedError", "train", "fitness"]
 
+PLOT_EVERY = 10
 RESULT_COLUMNS = ("epoch", "box_loss", "obj_loss", "cls_loss", "lr", "map50", "map", "fitness", "time_s")
 
 
@@ -441,10 +442,13 @@ def _train(cfg: TrainConfig, info: D.DistInfo, device: torch.device, ckpt: dict 
             if is_best or not best_pt.exists():
                 save_checkpoint(best_pt, state)
             _write_results_csv(run_dir / "results.csv", rows)
+            # drawing costs seconds on a busy CPU: every PLOT_EVERY epochs and at the end
+            # (``mlca.engine.plots.plot_results(csv)`` redraws them from results.csv at any time)
             try:
-                from mlca.engine.plots import plot_results
+                if final or (epoch + 1) % PLOT_EVERY == 0:
+                    from mlca.engine.plots import plot_results
 
-                plot_results(run_dir / "results.csv")
+                    plot_results(run_dir / "results.csv")
             except Exception as e:  # a plotting problem must never cost a training run
                 _log(info, cfg, f"warning: could not draw plots: {e}")
             metrics = row
