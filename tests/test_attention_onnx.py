@@ -1,0 +1,44 @@
+"""Every module of the zoo exports with the dynamo ONNX exporter (opset 18) with dynamic batch,
+height and width, and onnxruntime agrees with PyTorch at two sizes of one exported file."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from mlca.attention import create_attention
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+NAMES = ["none", "se", "se-resnet", "eca", "cbam", "ca", "mlca", "simam", "ema"]
+C = 16
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_onnx_export_dynamic_size_matches_pytorch(name, tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    m = create_attention(name, C).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    x = torch.randn(2, C, 8, 6, generator=gen)
+    dims = {0: torch.export.Dim("B", min=1), 2: torch.export.Dim("H", min=1), 3: torch.export.Dim("W", min=1)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(m, (x,), dynamo=True, opset_version=18, dynamic_shapes=(dims,), verbose=False)
+    path = tmp_path / f"{name}.onnx"
+    program.save(str(path))
+    onnx.checker.check_model(str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = session.get_inputs()[0].name
+    for shape in [(1, C, 13, 11), (3, C, 1, 1), (2, C, 40, 40)]:
+        xs = torch.randn(*shape, generator=gen)
+        with torch.no_grad():
+            expected = m(xs).numpy()
+        got = session.run(None, {feed: xs.numpy()})[0]
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5, err_msg=f"{name} at {shape}")
