@@ -214,3 +214,35 @@ def test_ema_channels_not_divisible_by_groups_is_a_clear_error():
     with pytest.raises(ValueError, match=r"channels=7.*groups=7"):
         create_attention("ema", 7)
     assert create_attention("ema", 12, groups=4)(torch.randn(1, 12, 3, 3)).shape == (1, 12, 3, 3)
+
+
+# ---------------------------------------------------------------- CUDA (skipped without a GPU)
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@cuda
+@pytest.mark.parametrize("name", BUILTIN)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_autocast_channels_last_forward_backward(name, dtype):
+    torch.manual_seed(3)
+    m = create_attention(name, 64).cuda()
+    x = torch.randn(2, 64, 19, 23, device="cuda")
+    xl = x.to(dtype).to(memory_format=torch.channels_last).requires_grad_(True)
+    with torch.autocast("cuda", dtype=dtype):
+        y = m(xl)
+    assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+    ref32 = m(x.to(dtype).float())  # same rounded input, everything in float32
+    torch.testing.assert_close(y.float(), ref32, rtol=2e-2, atol=2e-2)
+    y.float().square().sum().backward()
+    assert torch.isfinite(xl.grad).all()
+    assert all(p.grad is None or (p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()) for p in m.parameters())
+
+
+@cuda
+@pytest.mark.parametrize("name", BUILTIN)
+def test_cuda_matches_cpu(name):
+    torch.manual_seed(4)
+    m = create_attention(name, 32).double().eval()
+    x = torch.randn(2, 32, 9, 14, dtype=torch.float64)
+    torch.testing.assert_close(m.cuda()(x.cuda()).cpu(), m.cpu()(x), rtol=1e-9, atol=1e-9)
