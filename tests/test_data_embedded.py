@@ -24,9 +24,10 @@ def tree_hashes(root: Path) -> dict[str, str]:
     }
 
 
-def test_generation_is_deterministic_and_smaller_sets_are_prefixes(tmp_path):
+def test_generation_is_deterministic_parallel_or_not_and_smaller_sets_are_prefixes(tmp_path):
     a = tree_hashes(embedded.generate_embedded(tmp_path / "a", 5, 2))
-    b = tree_hashes(embedded.generate_embedded(tmp_path / "b", 5, 2))
+    # two worker processes write the same bytes as one
+    b = tree_hashes(embedded.generate_embedded(tmp_path / "b", 5, 2, workers=2))
     assert a == b and len(a) == 2 * 7 + 1
     c = tree_hashes(embedded.generate_embedded(tmp_path / "c", 3, 1))
     for name, digest in c.items():
@@ -38,7 +39,7 @@ def test_first_use_generates_into_mlca_home_and_loads(tmp_path, monkeypatch):
     monkeypatch.setenv("MLCA_HOME", str(tmp_path / "h1"))
     cfg = embedded.embedded_config(6, 2)
     root = cfg.root
-    assert root == tmp_path / "h1" / "embedded-v1-6-2" and (root / embedded.MARKER).is_file()
+    assert root == tmp_path / "h1" / f"embedded-v{embedded.VERSION}-6-2" and (root / embedded.MARKER).is_file()
     assert cfg.format == "embedded" and cfg.names == embedded.NAMES
     train, val = read_records(cfg, "train"), read_records(cfg, "val")
     assert len(train) == 6 and len(val) == 2
@@ -62,7 +63,7 @@ def test_default_set_is_reachable_by_name(tmp_path, monkeypatch):
     embedded.generate_embedded(fake, 2, 1)
     (fake / embedded.MARKER).write_text("{}")
     cfg = load_dataset_config("embedded")
-    assert cfg.root == tmp_path / "embedded-v1" and cfg.name == "embedded"
+    assert cfg.root == tmp_path / f"embedded-v{embedded.VERSION}" and cfg.name == "embedded"
     assert len(read_records(cfg, "train")) == 2
 
 
@@ -72,9 +73,9 @@ def test_two_processes_generating_at_once_both_get_the_complete_set(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=300)[0].strip() for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
-    root = tmp_path / "embedded-v1-4-2"
+    root = tmp_path / f"embedded-v{embedded.VERSION}-4-2"
     assert outs == [str(root)] * 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["embedded-v1-4-2"]  # no temp folders left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [root.name]  # no temp folders left
     assert tree_hashes(root) == tree_hashes(embedded.generate_embedded(tmp_path / "ref", 4, 2))
 
 

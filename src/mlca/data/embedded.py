@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import colorsys
 import json
+import multiprocessing
 import os
 import shutil
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +55,7 @@ __all__ = [
     "render_image",
 ]
 
-VERSION = 1
+VERSION = 2
 NAMES = ["disc", "ring", "triangle", "star", "cross", "hexagon", "checker", "stripes"]
 N_TRAIN = 600
 N_VAL = 150
@@ -74,7 +76,7 @@ def embedded_home() -> Path:
 
 
 def embedded_root(n_train: int = N_TRAIN, n_val: int = N_VAL) -> Path:
-    """Where the set lives: ``<home>/embedded-v1`` (with the counts appended when not the default)."""
+    """Where the set lives: ``<home>/embedded-v<VERSION>`` (with the counts appended when not the default)."""
     name = f"embedded-v{VERSION}"
     if (n_train, n_val) != (N_TRAIN, N_VAL):
         name += f"-{n_train}-{n_val}"
@@ -323,23 +325,46 @@ def _data_yaml(n_train: int, n_val: int) -> str:
     )
 
 
-def generate_embedded(out: Path, n_train: int = N_TRAIN, n_val: int = N_VAL, seed: int = SEED) -> Path:
-    """Write the set into ``out`` (created): images, YOLO labels and ``data.yaml``. Returns ``out``."""
+def _write_images(out: Path, split: str, indices: range, seed: int) -> None:
+    """Render and write images ``indices`` of ``split`` (one worker's share)."""
+    for i in indices:
+        rng = np.random.default_rng([seed, _SPLIT_CODE[split], i])
+        img, boxes, labels = render_image(rng)
+        stem = f"{split}_{i:05d}"
+        Image.fromarray(img).save(out / "images" / split / f"{stem}.jpg", quality=90)
+        h, w = img.shape[:2]
+        lines = [
+            f"{c} {(b[0] + b[2]) / 2 / w:.6f} {(b[1] + b[3]) / 2 / h:.6f} {(b[2] - b[0]) / w:.6f} {(b[3] - b[1]) / h:.6f}"
+            for c, b in zip(labels, boxes)
+        ]
+        (out / "labels" / split / f"{stem}.txt").write_text("".join(line + "\n" for line in lines))
+
+
+def generate_embedded(
+    out: Path, n_train: int = N_TRAIN, n_val: int = N_VAL, seed: int = SEED, workers: int | None = None
+) -> Path:
+    """Write the set into ``out`` (created): images, YOLO labels and ``data.yaml``. Returns ``out``.
+
+    ``workers`` processes share the work (default: the CPU count, and 1 for small sets);
+    the bytes do not depend on it, as each image has its own generator.
+    """
     out = Path(out)
+    jobs = []
     for split, n in (("train", n_train), ("val", n_val)):
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "labels" / split).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            rng = np.random.default_rng([seed, _SPLIT_CODE[split], i])
-            img, boxes, labels = render_image(rng)
-            stem = f"{split}_{i:05d}"
-            Image.fromarray(img).save(out / "images" / split / f"{stem}.jpg", quality=90)
-            h, w = img.shape[:2]
-            lines = [
-                f"{c} {(b[0] + b[2]) / 2 / w:.6f} {(b[1] + b[3]) / 2 / h:.6f} {(b[2] - b[0]) / w:.6f} {(b[3] - b[1]) / h:.6f}"
-                for c, b in zip(labels, boxes)
-            ]
-            (out / "labels" / split / f"{stem}.txt").write_text("".join(line + "\n" for line in lines))
+        jobs += [(split, range(k, min(k + 50, n))) for k in range(0, n, 50)]
+    if workers is None:
+        workers = min(os.cpu_count() or 1, 8) if n_train + n_val >= 200 else 1
+    if workers > 1 and len(jobs) > 1:
+        # spawn, not fork: the caller may hold torch/OpenMP threads that a fork would break
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx) as pool:
+            for f in [pool.submit(_write_images, out, split, idx, seed) for split, idx in jobs]:
+                f.result()
+    else:
+        for split, idx in jobs:
+            _write_images(out, split, idx, seed)
     (out / "data.yaml").write_text(_data_yaml(n_train, n_val))
     return out
 
