@@ -12,6 +12,10 @@ tiny because the interpreter runs each program in Python.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -147,7 +151,7 @@ CASES = [
     (2, 4, 5, 6, 1, 1, False, None),  # L = 1: global-only pooling grid, k = 1
     (1, 4, 5, 5, 7, 5, True, None),  # H, W < L = 7
     (1, 10, 13, 11, 7, 3, False, None),  # uneven overlapping bins, L = 7
-    (2, 11, 9, 12, 5, 5, False, (4, 16)),  # C % 4 != 0, bin rows of 24 px over 16-px tiles
+    (1, 11, 9, 12, 5, 5, False, (4, 16)),  # C % 4 != 0, bin rows of 24 px over 16-px tiles
     (1, 11, 12, 7, 3, 3, True, (8, 16)),
     (1, 70, 6, 3, 3, 3, True, None),  # C > the channels_last block (64)
     (2, 9, 20, 20, 5, 3, False, None),  # a YOLO-like 20x20 map, even bins
@@ -164,9 +168,9 @@ def test_float32_matches_reference(B, C, H, W, L, k, cl, blocks):
     assert got[0].is_contiguous(memory_format=fmt) and got[1].is_contiguous(memory_format=fmt)
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    B=st.integers(1, 2), C=st.integers(1, 9), H=st.integers(1, 11), W=st.integers(1, 11),
+    B=st.integers(1, 2), C=st.integers(1, 6), H=st.integers(1, 9), W=st.integers(1, 9),
     L=st.sampled_from([1, 2, 3, 5, 7]), k=st.sampled_from([1, 3, 5]), cl=st.booleans(),
     lw=st.floats(0.0, 1.0), seed=st.integers(0, 2**16),
 )
@@ -217,12 +221,12 @@ def test_only_some_inputs_need_grad():
 
 def test_deterministic_bit_identical_gradients():
     """No atomics: deterministic mode is accepted and two runs agree bit for bit."""
-    x, wg, wl, g = _inputs(2, 7, 9, 10, 5, channels_last=True, seed=6)
+    x, wg, wl, g = _inputs(2, 5, 7, 8, 5, channels_last=True, seed=6)
     was = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        first = _run(x, wg, wl, 5, 0.5, g, (4, 16))
-        second = _run(x, wg, wl, 5, 0.5, g, (4, 16))
+        first = _run(x, wg, wl, 5, 0.5, g)
+        second = _run(x, wg, wl, 5, 0.5, g)
     finally:
         torch.use_deterministic_algorithms(was)
     for a, b in zip(first, second):
@@ -284,3 +288,29 @@ def test_mlca_module_triton_backend_matches_torch_backend():
         outs.append((out.detach(), xi.grad, mod.conv.weight.grad, mod.conv_local.weight.grad))
     for a, b in zip(*outs):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def _load_gpu_bench(monkeypatch):
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_mlca_gpu.py"
+    spec = importlib.util.spec_from_file_location("bench_mlca_gpu", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_gpu_benchmark_refuses_cleanly_without_cuda(capsys, monkeypatch):
+    assert _load_gpu_bench(monkeypatch).main([]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_gpu_benchmark_code_paths_on_the_interpreter(capsys, monkeypatch):
+    """Everything but the CUDA timing: contenders, agreement with the seed, table, determinism."""
+    bench = _load_gpu_bench(monkeypatch)
+    assert bench.minimal_bytes((2, 3, 4, 5), torch.float16) == (3 * 240, 7 * 240)
+    assert bench.main(["--interpret-check"]) == 0
+    out = capsys.readouterr().out
+    assert "mlca triton" in out and "bit-identical" in out
+    errs = [float(line.rsplit(" ", 1)[1]) for line in out.splitlines() if "max|err| vs seed" in line]
+    assert len(errs) == 3 and max(errs) < 1e-5

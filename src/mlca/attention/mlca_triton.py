@@ -86,11 +86,14 @@ def _triton_bin_reduce(
     sa_b, sa_c, sa_h, sa_w,
     sb_b, sb_c, sb_h, sb_w,
     MODE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, LP: tl.constexpr,
+    A_DENSE: tl.constexpr, B_DENSE: tl.constexpr,
 ):
     """out[b, c, i, j] for one (b, channel block, bin row i), all j; out is (B, C, L, L) f32.
 
     MODE 0: mean of a over bin (i, j)            (adaptive_avg_pool2d(a, L)).
     MODE 1: sum_{h,w} a*b * U[h, i] * U[w, j]     (adjoint of the L -> (H, W) upsampling).
+    *_DENSE: rows of that tensor are contiguous (stride_w 1, stride_h W, e.g. NCHW), so a bin
+    row is one contiguous run and the address is affine in s (vectorised loads).
     """
     pid = tl.program_id(0)
     i = pid % L
@@ -117,13 +120,21 @@ def _triton_bin_reduce(
         h = hs + s // W
         w = s % W
         m2 = mask_c[:, None] & mask_s[None, :]
-        v = tl.load(a_base + (h * sa_h + w * sa_w)[None, :], mask=m2).to(tl.float32)
+        if A_DENSE:
+            a_sp = hs * W + s
+        else:
+            a_sp = h * sa_h + w * sa_w
+        v = tl.load(a_base + a_sp[None, :], mask=m2).to(tl.float32)
         # Column w lies in bin column j iff q0 <= j < q1 (same identity as for rows).
         q0 = (w * L) // W
         q1 = ((w + 1) * L + W - 1) // W
         in_bin = (j[None, :] >= q0[:, None]) & (j[None, :] < q1[:, None])  # (BLOCK_S, LP)
         if MODE == 1:
-            g = tl.load(b_base + (h * sb_h + w * sb_w)[None, :], mask=m2).to(tl.float32)
+            if B_DENSE:
+                b_sp = hs * W + s
+            else:
+                b_sp = h * sb_h + w * sb_w
+            g = tl.load(b_base + b_sp[None, :], mask=m2).to(tl.float32)
             r0 = (h * L) // H
             r1 = ((h + 1) * L + H - 1) // H
             # U[h, i] * U[w, j] = 1 / (#source rows of h * #source cols of w) on the support.
@@ -150,7 +161,7 @@ def _triton_scale(
     sv_b, sv_c, sv_h, sv_w,
     so_b, so_c, so_h, so_w,
     HAS_ADD: tl.constexpr, SPAN_H: tl.constexpr, SPAN_W: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, V_DENSE: tl.constexpr, O_DENSE: tl.constexpr,
 ):
     """out = v * upsample(small) [+ gather(add)] for one (b, channel block, pixel block).
 
@@ -158,6 +169,7 @@ def _triton_scale(
     source rows [floor(h*L/H), ceil((h+1)*L/H)) x source cols (same in w): at most
     SPAN_H x SPAN_W bins, 2 x 2 whenever H, W >= L. gather(add)[h, w] is the plain sum of add
     over the same bins (pooling adjoint, add pre-divided by the bin sizes on the host).
+    *_DENSE: that tensor's planes are contiguous, so the address is s itself (vectorised).
     """
     pid = tl.program_id(0)
     sb = pid % n_sblk
@@ -192,11 +204,19 @@ def _triton_scale(
                 extra += tl.where(mb, tl.load(add_ptr + idx, mask=mb), 0.0)
     att = att / ((r1 - r0) * (q1 - q0)).to(tl.float32)[None, :]
 
-    v = tl.load(v_ptr + bi * sv_b + offs_c[:, None] * sv_c + (h * sv_h + w * sv_w)[None, :], mask=m2)
+    if V_DENSE:
+        v_sp = s
+    else:
+        v_sp = h * sv_h + w * sv_w
+    v = tl.load(v_ptr + bi * sv_b + offs_c[:, None] * sv_c + v_sp[None, :], mask=m2)
     res = v.to(tl.float32) * att
     if HAS_ADD:
         res = res + extra
-    out_ptrs = out_ptr + bi * so_b + offs_c[:, None] * so_c + (h * so_h + w * so_w)[None, :]
+    if O_DENSE:
+        o_sp = s
+    else:
+        o_sp = h * so_h + w * so_w
+    out_ptrs = out_ptr + bi * so_b + offs_c[:, None] * so_c + o_sp[None, :]
     tl.store(out_ptrs, res.to(out_ptr.dtype.element_ty), mask=m2)
 
 
@@ -254,6 +274,11 @@ def _blocks(x: Tensor, for_reduce: bool, lp: int, override: tuple[int, int] | No
     return bc, bs
 
 
+def _dense_rows(t: Tensor) -> bool:
+    """Each (b, c) plane is one contiguous run (stride_w 1, stride_h W): the NCHW fast path."""
+    return t.stride(3) == 1 and t.stride(2) == t.shape[3]
+
+
 def _span(n_out: int, L: int) -> int:
     """Most source bins that one of n_out upsampled positions averages."""
     return max(((o + 1) * L + n_out - 1) // n_out - (o * L) // n_out for o in range(n_out))
@@ -277,6 +302,7 @@ def _bin_reduce(a: Tensor, b: Tensor | None, L: int, interpret: bool,
         a, other, out, C, H, W, L, n_cblk,
         *a.stride(), *other.stride(),
         MODE=0 if b is None else 1, BLOCK_C=bc, BLOCK_S=bs, LP=lp,
+        A_DENSE=_dense_rows(a), B_DENSE=_dense_rows(other),
     )
     return out
 
@@ -296,6 +322,7 @@ def _scale(v: Tensor, small: Tensor, add: Tensor | None, like: Tensor, interpret
         v, small, small if add is None else add, out, C, H, W, L, n_cblk, n_sblk,
         *v.stride(), *out.stride(),
         HAS_ADD=add is not None, SPAN_H=_span(H, L), SPAN_W=_span(W, L), BLOCK_C=bc, BLOCK_S=bs,
+        V_DENSE=_dense_rows(v), O_DENSE=_dense_rows(out),
     )
     return out
 
