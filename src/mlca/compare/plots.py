@@ -102,7 +102,7 @@ def plot_curves(outcomes: Sequence[RunOutcome], attentions: Sequence[str], path:
             continue
         cols = read_run_csv(csv_path)
         ep = cols.get(_pick(cols, "epoch") or "", None) or list(range(1, 1 + max(map(len, cols.values()), default=0)))
-        style = dict(color=colors.get(o.attention), linestyle=styles[o.seed % len(styles)], linewidth=1.2)
+        style = dict(color=colors.get(o.attention), linestyle=styles[o.seed % len(styles)], linewidth=1.2, marker="o", markersize=3)
         label = o.attention if o.attention not in labelled else None
         labelled.add(o.attention)
         loss_cols = [k for k in cols if "loss" in k.lower() and "val" not in k.lower()]
