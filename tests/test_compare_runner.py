@@ -155,3 +155,39 @@ def test_one_seed_table_says_no_test(tmp_path):
     rows = build_rows(outs, cfg.attentions, "none", {"none": 1, "mlca": 2}, {"none": 1.0, "mlca": 1.0}, {"none": 1.0, "mlca": 1.0})
     assert rows[1].sig_map50 == "n/a" and math.isnan(rows[1].p_map50) and math.isnan(rows[1].map50_std)
     assert "| n/a |" in markdown_table(rows, 64, "none")
+
+
+def test_runs_spread_one_process_per_gpu(tmp_path, monkeypatch):
+    """The GPU scheduler: each pending run gets one child process with one visible GPU,
+    never more children than GPUs at once. The child is simulated in-process."""
+    import mlca.compare.runner as runner
+
+    cfg = _cfg(tmp_path, seeds=2, gpus=[3, 5])
+    train = RecordingTrain()
+    spawned, running, peak = [], set(), [0]
+
+    class FakeChild:
+        def __init__(self, cmd, env, stdout, stderr):
+            cfg_json, att, seed = cmd[-3:]
+            assert cmd[1:3] == ["-m", "mlca.compare.runner"] and Path(cfg_json).is_file()
+            spawned.append((att, int(seed), env["CUDA_VISIBLE_DEVICES"]))
+            running.add(env["CUDA_VISIBLE_DEVICES"])
+            peak[0] = max(peak[0], len(running))
+            self.gpu, self.spec, self.polls, self.returncode = env["CUDA_VISIBLE_DEVICES"], RunSpec(att, int(seed)), 0, None
+            stdout.close()
+
+        def poll(self):
+            self.polls += 1
+            if self.polls < 2:
+                return None
+            runner.run_one(cfg, self.spec, train_fn=train)  # what the child process does
+            running.discard(self.gpu)
+            self.returncode = 0
+            return 0
+
+    monkeypatch.setattr(runner.subprocess, "Popen", FakeChild)
+    monkeypatch.setattr(runner.time, "sleep", lambda s: None)
+    outs = run_all(cfg, log=lambda s: None)
+    assert sorted((a, s) for a, s, _ in spawned) == sorted((o.attention, o.seed) for o in outs)
+    assert len(spawned) == 4 and {g for _, _, g in spawned} == {"3", "5"} and peak[0] == 2
+    assert len(train.calls) == 4 and not any(o.reused for o in outs)

@@ -246,7 +246,10 @@ def _main(argv: list[str]) -> int:
     cfg_path, attention, seed = argv
     raw = json.loads(Path(cfg_path).read_text())
     cfg = CompareConfig(**raw)
-    device = "cuda" if os.environ.get("CUDA_VISIBLE_DEVICES", "") not in ("", "-1") else cfg.device
+    import torch
+
+    # the parent gave this process one GPU through CUDA_VISIBLE_DEVICES: it is cuda:0 here
+    device = "cuda" if torch.cuda.is_available() else cfg.device
     out = run_one(cfg, RunSpec(attention, int(seed)), device=device)
     print(json.dumps(dataclasses.asdict(out)))
     return 0 if not math.isnan(out.map) else 1
