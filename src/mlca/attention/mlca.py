@@ -131,7 +131,7 @@ def mlca_plain(
     xc = x.to(cdt)
     # H first: gathering whole rows is the cheap direction; W then runs on the (ls x W) result.
     local = adaptive_mean(adaptive_mean(xc, 2, local_size), 3, local_size)
-    mix = mlca_mix(local, w_global.to(cdt), w_local.to(cdt), local_weight)[0]
+    mix = mlca_mix(local, w_global.to(cdt), w_local.to(cdt), local_weight, True)[0]
     att = adaptive_mean(adaptive_mean(mix, 3, w), 2, h)
     return x * att.to(x.dtype)
 
