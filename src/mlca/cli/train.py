@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import yaml
@@ -98,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
     except (TrainingDivergedError, FileNotFoundError, ValueError) as e:
         print(f"mlca train: error: {e}", file=sys.stderr)
         return 1
-    if result.metrics and not args.quiet and result.last.exists():
+    rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun every rank returns here; one report is enough
+    if rank0 and result.metrics and not args.quiet and result.last.exists():
         m = {k: round(v, 4) for k, v in result.metrics.items() if k in ("map50", "map", "best_fitness")}
         print(f"done: {result.run_dir}  last {json.dumps(m)}  best weights {result.best}")
     return 0

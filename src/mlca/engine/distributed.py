@@ -86,23 +86,23 @@ def all_reduce_min(value: float, device: torch.device) -> float:
 
 
 def assert_same_across_ranks(model: torch.nn.Module, device: torch.device) -> None:
-    """Raise if any parameter or buffer differs between ranks (DDP must keep replicas equal).
+    """Raise if any parameter differs between ranks (DDP must keep the replicas equal).
 
-    Compares a float64 checksum per tensor (sum and sum of squares, exact for equal tensors)
-    gathered from every rank.
+    Compares float64 checksums per parameter (sum and sum of squares) gathered from every
+    rank. Buffers are left out on purpose: BN running statistics come from each rank's own
+    batches after the last forward, and DDP re-broadcasts rank 0's at every forward anyway.
     """
     if not (dist.is_available() and dist.is_initialized()):
         return
-    sums = [torch.stack((t.double().sum(), t.double().square().sum())) for t in model.state_dict().values()
-            if t.dtype.is_floating_point]
-    local = torch.stack(sums).to(device)
+    named = [(k, p) for k, p in model.named_parameters()]
+    local = torch.stack([torch.stack((p.detach().double().sum(), p.detach().double().square().sum()))
+                         for _, p in named]).to(device)
     gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, local)
-    names = [k for k, t in model.state_dict().items() if t.dtype.is_floating_point]
     for r, g in enumerate(gathered[1:], start=1):
         bad = (g != gathered[0]).any(dim=1).nonzero().flatten().tolist()
         if bad:
-            raise RuntimeError(f"DDP replicas diverged: rank {r} differs from rank 0 in {[names[i] for i in bad[:5]]}")
+            raise RuntimeError(f"DDP replicas diverged: rank {r} differs from rank 0 in {[named[i][0] for i in bad[:5]]}")
 
 
 def seed_everything(seed: int) -> None:
