@@ -299,3 +299,32 @@ def test_loss_on_real_may_outputs_backpropagates_to_every_trainable_parameter():
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     # the detect layer's biases start at YOLOv5's priors, so the first objectness loss is small
     assert items[1] < 1.0
+
+
+def test_loss_geometry_agrees_with_may_decoding():
+    """Logits that the loss scores as perfect decode, through MAY's own head, to the target boxes."""
+    from mlca.engine.postprocess import non_max_suppression
+    from mlca.models.may import build_may
+
+    size, nc = 128, 3
+    model = build_may(num_classes=nc, width=0.25).eval()
+    targets = torch.tensor([[0, 2, 0.41, 0.63, 0.22, 0.3], [0, 0, 0.8, 0.2, 0.5, 0.35]])
+    loss = YoloLoss(model, {"img_size": size})
+    raw = [torch.full((1, 3, size // s, size // s, 5 + nc), -20.0) for s in STRIDES]
+    tcls, tbox, indices = loss.build_targets(raw, targets)
+    for level, p in enumerate(raw):
+        b, a, gj, gi = indices[level]
+        anchors = model.detect.anchors[level][a] / STRIDES[level]
+        p[b, a, gj, gi, 0:2] = _logit((tbox[level][:, :2] + 0.5) / 2)
+        p[b, a, gj, gi, 2:4] = _logit(torch.sqrt(tbox[level][:, 2:] / anchors) / 2)
+        p[b, a, gj, gi, 4] = 20.0
+        p[b, a, gj, gi, 5 + tcls[level]] = 20.0
+    _, items = loss(raw, targets)
+    assert items[0] < 1e-5
+    decoded = torch.cat([model.detect._decode(i, p) for i, p in enumerate(raw)], 1)
+    (det,) = non_max_suppression(decoded, conf_thres=0.5, iou_thres=0.5)
+    expected = torch.tensor([[0.41 - 0.11, 0.63 - 0.15, 0.41 + 0.11, 0.63 + 0.15],
+                             [0.8 - 0.25, 0.2 - 0.175, 0.8 + 0.25, 0.2 + 0.175]]) * size
+    order = det[:, 5].argsort(descending=True)
+    torch.testing.assert_close(det[order, :4], expected, rtol=0, atol=1e-3)
+    assert det[order, 5].tolist() == [2.0, 0.0]
