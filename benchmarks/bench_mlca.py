@@ -99,6 +99,15 @@ CONTENDERS: list[Contender] = [
 ]
 
 
+# --- Issue 7: the fused Triton path, CUDA only. Its effective GB/s, % of device-to-device copy
+# bandwidth and the 32x256x160x160 shape are in benchmarks/bench_mlca_gpu.py (docs/triton.md).
+def _mlca_triton(c: int, dev: torch.device) -> nn.Module:
+    return MLCA(c, backend="triton").to(dev)
+
+
+CONTENDERS.append(Contender("mlca triton", _mlca_triton, devices=("cuda",)))
+
+
 def _sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
