@@ -122,3 +122,14 @@ def test_scale_boxes_clips_and_keeps_extra_columns():
     assert det[0, 0] == -5.0  # input untouched
     with pytest.raises(KeyError, match="orig_size"):
         scale_boxes(det, {"ratio": 1.0, "pad": (0, 0)})
+
+
+def test_max_nms_keeps_only_the_best_candidates():
+    # 50 disjoint boxes on a row, scores increasing to the right
+    n = 50
+    cx = torch.arange(n, dtype=torch.float32) * 10 + 5
+    rows = torch.stack([cx, torch.full((n,), 5.0), torch.full((n,), 8.0), torch.full((n,), 8.0),
+                        torch.linspace(0.1, 1.0, n), torch.ones(n)], 1)
+    (det,) = non_max_suppression(rows.unsqueeze(0), 0.01, 0.5, max_nms=5)
+    torch.testing.assert_close(det[:, 0] + 4, cx[-5:].flip(0))
+    assert len(non_max_suppression(rows.unsqueeze(0), 0.01, 0.5)[0]) == n
