@@ -63,7 +63,7 @@ class Oracle(nn.Module):
 def test_oracle_predictions_give_map_one(tmp_path):
     ds = DetectionDataset(make_records(tmp_path), 64, augment=False)
     loader = DataLoader(ds, batch_size=2, collate_fn=collate)
-    res = evaluate(Oracle(loader, 3, 64), loader, names=NAMES)
+    res = evaluate(Oracle(loader, 3, 64), loader, names=NAMES, keep_detections=True)
     assert isinstance(res, EvalResult)
     assert res.map50 == pytest.approx(1.0) and res.map == pytest.approx(1.0)
     assert res.n_images == 5 and res.n_gt == sum(len(r.labels) for r in ds.records)
@@ -89,7 +89,7 @@ def test_blind_predictor_gives_zero_and_a_dataset_is_accepted(tmp_path):
     def blind(x: torch.Tensor) -> torch.Tensor:
         return torch.zeros(x.shape[0], 10, 8)
 
-    res = evaluate(blind, ds, batch_size=4, names=NAMES)
+    res = evaluate(blind, ds, batch_size=4, names=NAMES, keep_detections=True)
     assert res.map50 == 0.0 and res.map == 0.0 and res.detections == []
 
 

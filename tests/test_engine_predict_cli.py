@@ -48,7 +48,7 @@ def test_val_prints_map_and_table_and_saves_json(workspace, capsys, tmp_path):
     saved = json.loads(out.read_text())
     assert 0.0 <= saved["map"] <= saved["map50"] <= 1.0
     assert saved["n_images"] == 3 and saved["n_gt"] == 6
-    assert set(saved["per_class"]) == set(NAMES)
+    assert set(saved["per_class"]) == set(NAMES) and isinstance(saved["detections"], list)
 
 
 def test_val_errors_are_one_clear_line(workspace, capsys, tmp_path):

@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"mlca val: {weights} on {config.name} {args.split} ({len(records)} images, {img_size} px, {device})")
         res = evaluate(model, dataset, conf_thres=args.conf, iou_thres=args.iou, max_det=args.max_det,
                        batch_size=args.batch_size, device=device, names=config.names, workers=args.workers,
-                       progress=True)
+                       progress=True, keep_detections=bool(args.save_json))
     except (FileNotFoundError, ValueError, DataError, CheckpointError, RuntimeError) as e:
         print(f"mlca val: error: {e}", file=sys.stderr)
         return 1

@@ -33,7 +33,7 @@ class EvalResult:
         per_class: ``{name: {"ap50", "ap", "n_gt"}}``; AP is NaN for a class without ground truth.
         n_images, n_gt: images evaluated and ground-truth boxes in them.
         speed: milliseconds per image, ``{"inference": ..., "nms": ...}``.
-        detections: every kept detection in original-image pixels, COCO-like
+        detections: with ``keep_detections=True``, every kept detection in original-image pixels,
             ``{"image", "category_id", "category", "bbox" [x, y, w, h], "score"}`` (for ``--save-json``).
     """
 
@@ -102,6 +102,7 @@ def evaluate(
     names: Sequence[str] | None = None,
     workers: int = 0,
     progress: bool = False,
+    keep_detections: bool = False,
 ) -> EvalResult:
     """mAP of ``model`` on ``data``.
 
@@ -118,6 +119,8 @@ def evaluate(
         amp: autocast the forward pass (fp16 on CUDA, bf16 on CPU).
         names: class names (default: ``model.names``, then ``dataset.names``, then indices).
         progress: show a tqdm bar.
+        keep_detections: fill ``EvalResult.detections`` (off by default: at ``conf_thres=0.001``
+            that is up to ``max_det`` dicts per image, every epoch).
 
     Returns:
         :class:`EvalResult` with COCO mAP in original-image coordinates.
@@ -180,7 +183,7 @@ def evaluate(
         {"image": p, "category_id": int(c), "category": names[int(c)],
          "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])], "score": float(s)}
         for p, d in zip(paths, dets) for b, s, c in zip(d.boxes, d.scores, d.labels)
-    ]
+    ] if keep_detections else []
     return EvalResult(
         map50=res.map50, map=res.map, per_class=res.per_class, n_images=len(dets), n_gt=res.n_gt,
         speed={"inference": 1000 * t_inf / n, "nms": 1000 * t_nms / n}, detections=detections,
