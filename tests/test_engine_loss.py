@@ -281,6 +281,10 @@ def test_bad_shapes_are_named():
     raw = raw_outputs(1, 64, 2)
     with pytest.raises(ValueError, match=r"\(N, 6\)"):
         loss(raw, torch.zeros(3, 5))
+    with pytest.raises(ValueError, match=r"target classes must be in \[0, 2\)"):
+        loss(raw, torch.tensor([[0, 2, 0.5, 0.5, 0.1, 0.1]]))
+    with pytest.raises(ValueError, match="image indices"):
+        loss(raw, torch.tensor([[1, 0, 0.5, 0.5, 0.1, 0.1]]))
     with pytest.raises(ValueError, match="expected"):
         loss([torch.zeros(1, 3, 8, 8, 9)] + raw[1:], torch.zeros(0, 6))
 

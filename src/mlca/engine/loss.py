@@ -92,6 +92,12 @@ class YoloLoss:
                 )
         if targets.dim() != 2 or targets.shape[1] != 6:
             raise ValueError(f"targets must be (N, 6) [img, cls, cx, cy, w, h], got {tuple(targets.shape)}")
+        if len(targets):
+            cls, img = targets[:, 1], targets[:, 0]
+            if cls.min() < 0 or cls.max() >= self.nc:
+                raise ValueError(f"target classes must be in [0, {self.nc}), got {cls.min():g}..{cls.max():g}")
+            if img.min() < 0 or img.max() >= raw[0].shape[0]:
+                raise ValueError(f"target image indices must be in [0, {raw[0].shape[0]}), got up to {img.max():g}")
         device = raw[0].device
         targets = targets.to(device=device, dtype=torch.float32)
         # the loss is computed in float32 even under autocast: BCE and CIoU are unstable in fp16
