@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import colorsys
 import json
-import multiprocessing
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -325,8 +325,9 @@ def _data_yaml(n_train: int, n_val: int) -> str:
     )
 
 
-def _write_images(out: Path, split: str, indices: range, seed: int) -> None:
+def _write_images(out: Path | str, split: str, indices: range, seed: int) -> None:
     """Render and write images ``indices`` of ``split`` (one worker's share)."""
+    out = Path(out)
     for i in indices:
         rng = np.random.default_rng([seed, _SPLIT_CODE[split], i])
         img, boxes, labels = render_image(rng)
@@ -356,12 +357,23 @@ def generate_embedded(
         jobs += [(split, range(k, min(k + 50, n))) for k in range(0, n, 50)]
     if workers is None:
         workers = min(os.cpu_count() or 1, 8) if n_train + n_val >= 200 else 1
-    if workers > 1 and len(jobs) > 1:
-        # spawn, not fork: the caller may hold torch/OpenMP threads that a fork would break
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx) as pool:
-            for f in [pool.submit(_write_images, out, split, idx, seed) for split, idx in jobs]:
-                f.result()
+    workers = max(1, min(workers, len(jobs)))
+    if workers > 1:
+        # fresh interpreters, not multiprocessing: a fork would inherit the caller's torch/OpenMP
+        # threads, and spawn re-imports the caller's script (a bomb in an unguarded script)
+        procs = []
+        for k in range(workers):
+            share = [(split, idx.start, idx.stop) for split, idx in jobs[k::workers]]
+            code = (
+                "import sys, json; from mlca.data.embedded import _write_images; "
+                "[_write_images(sys.argv[1], s, range(a, b), int(sys.argv[3])) for s, a, b in json.loads(sys.argv[2])]"
+            )
+            args = [sys.executable, "-c", code, str(out), json.dumps(share), str(seed)]
+            procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        errors = [(p.communicate()[1], p.returncode) for p in procs]
+        failed = [err for err, rc in errors if rc != 0]
+        if failed:
+            raise RuntimeError(f"generating the embedded dataset failed in a worker process:\n{failed[0]}")
     else:
         for split, idx in jobs:
             _write_images(out, split, idx, seed)
