@@ -6,12 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from mlca.data.config import load_dataset_config
 from mlca.data.errors import DataError
 from mlca.data.records import read_records, scan_records
-from mlca.data.yolo import label_path
+from mlca.data.yolo import label_path, parse_label_file
 
 NAMES = ["cat", "dog", "bird"]
 
@@ -155,3 +157,23 @@ def test_empty_split_is_an_error(tmp_path):
     (tmp_path / "d.yaml").write_text("train: images/train\nval: images/train\nnames: [a]\n")
     with pytest.raises(DataError, match="no images found"):
         read_records(load_dataset_config(tmp_path / "d.yaml"), "train")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    w=st.integers(1, 2000),
+    h=st.integers(1, 2000),
+    rows=st.lists(
+        st.tuples(st.integers(0, 2), *[st.floats(0.05, 0.95)] * 2, *[st.floats(0.01, 1.0)] * 2), min_size=0, max_size=8
+    ),
+)
+def test_label_parsing_matches_a_float64_reference(tmp_path_factory, w, h, rows):
+    path = tmp_path_factory.mktemp("lbl") / "a.txt"
+    path.write_text("".join(f"{c} {cx!r} {cy!r} {bw!r} {bh!r}\n" for c, cx, cy, bw, bh in rows))
+    boxes, labels, n_clipped = parse_label_file(path, 3, w, h)
+    ref = np.array([[(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h]
+                    for _, cx, cy, bw, bh in rows]).reshape(-1, 4)  # fmt: skip
+    clipped = np.clip(ref, 0, [w, h, w, h])
+    np.testing.assert_allclose(boxes, clipped, rtol=1e-6, atol=1e-3)
+    assert labels.tolist() == [r[0] for r in rows]
+    assert n_clipped == int((np.abs(ref - clipped).max(1, initial=0) > 0.01).sum())
