@@ -10,7 +10,7 @@ __all__ = ["CompareConfig", "DEFAULT_ATTENTIONS", "PAPER_ATTENTIONS"]
 # The paper's table (Wan et al. 2023, MAY on VOC/SIMD).
 PAPER_ATTENTIONS = ("none", "se", "eca", "cbam", "ca", "mlca")
 # The no-argument default: what fits ~15 minutes on a shared 2-core CPU (docs/compare.md says why).
-DEFAULT_ATTENTIONS = ("none", "eca", "mlca")
+DEFAULT_ATTENTIONS = ("none", "mlca")
 
 
 @dataclass
@@ -24,8 +24,8 @@ class CompareConfig:
 
     data: str = "embedded"
     attentions: list[str] = field(default_factory=lambda: list(DEFAULT_ATTENTIONS))
-    seeds: int = 2
-    epochs: int = 8
+    seeds: int = 3
+    epochs: int = 6
     img_size: int = 160
     batch_size: int = 16
     workers: int = 0

@@ -62,6 +62,7 @@ def run_compare(cfg: CompareConfig, train_fn: Callable | None = None, log: Calla
     """
     t0 = time.perf_counter()
     _check_attentions(cfg.attentions)
+    nc = _num_classes(cfg.data)  # a bad --data fails here, before hours of training
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
@@ -70,7 +71,6 @@ def run_compare(cfg: CompareConfig, train_fn: Callable | None = None, log: Calla
 
     from mlca.models.may import build_may
 
-    nc = _num_classes(cfg.data)
     models = {a: build_may(attention=a, num_classes=nc, width=cfg.width) for a in cfg.attentions}
     params = {a: count_params(m) for a, m in models.items()}
     flops = {a: gflops(m, cfg.img_size) for a, m in models.items()}
