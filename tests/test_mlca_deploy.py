@@ -1,0 +1,87 @@
+"""MLCA deploys: TorchScript, torch.compile with changing sizes (no recompile storm, no graph
+break), ONNX (dynamo exporter, dynamic batch/H/W) matching onnxruntime at many sizes."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import _mlca_ref as ref
+from mlca.attention.mlca import MLCA
+
+
+def _model(c: int = 16, ls: int = 5, lw: float = 0.5) -> MLCA:
+    m = MLCA(c, local_size=ls, local_weight=lw).eval()
+    ref.random_weights(m, torch.Generator().manual_seed(0))
+    return m
+
+
+def test_torchscript_matches_eager_and_reference():
+    m = _model(lw=0.3)
+    scripted = torch.jit.script(m)
+    buf = io.BytesIO()
+    torch.jit.save(scripted, buf)
+    buf.seek(0)
+    loaded = torch.jit.load(buf)
+    wg, wl = m.conv.weight.detach().double(), m.conv_local.weight.detach().double()
+    for shape in [(2, 16, 20, 20), (1, 16, 7, 9), (3, 16, 2, 3), (0, 16, 5, 5)]:
+        x = torch.randn(shape, dtype=torch.float64)
+        expected = ref.mlca_reference(x, wg, wl, 5, 0.3)
+        got = loaded(x.float()).double()
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(scripted(x.float()), m(x.float()), rtol=1e-6, atol=1e-7)
+    with pytest.raises(Exception, match="4-D"):
+        scripted(torch.randn(2, 16, 5))
+
+
+@pytest.mark.slow
+def test_compile_dynamic_sizes_one_graph_no_break():
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    m = _model(8)
+    compiled = torch.compile(m, dynamic=True)
+    for shape in [(2, 8, 7, 9), (2, 8, 20, 20), (2, 8, 17, 23), (2, 8, 3, 2)]:
+        x = torch.randn(shape, requires_grad=True)
+        y = compiled(x)
+        gx, gw = torch.autograd.grad(y.square().sum(), [x, m.conv_local.weight])
+        xe = x.detach().clone().requires_grad_(True)
+        ye = m(xe)
+        ex, ew = torch.autograd.grad(ye.square().sum(), [xe, m.conv_local.weight])
+        torch.testing.assert_close(y, ye, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(gx, ex, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(gw, ew, rtol=1e-5, atol=1e-5)
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    assert not counters["graph_break"], dict(counters["graph_break"])
+
+
+@pytest.mark.slow
+def test_onnx_dynamic_batch_height_width_matches_onnxruntime(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    m = _model(16)
+    dims = {0: torch.export.Dim("B", min=1), 2: torch.export.Dim("H", min=1),
+            3: torch.export.Dim("W", min=1)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(m, (torch.randn(2, 16, 20, 20),), dynamo=True,
+                                    opset_version=18, dynamic_shapes=(dims,), verbose=False)
+    path = tmp_path / "mlca.onnx"
+    program.save(str(path))
+    onnx.checker.check_model(str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = session.get_inputs()[0].name
+    gen = torch.Generator().manual_seed(1)
+    wg, wl = m.conv.weight.detach().double(), m.conv_local.weight.detach().double()
+    for shape in [(1, 16, 3, 3), (2, 16, 7, 9), (3, 16, 17, 23), (1, 16, 40, 40),
+                  (1, 16, 80, 80), (1, 16, 160, 160), (1, 16, 1, 1), (2, 16, 4, 13)]:
+        x = torch.randn(shape, generator=gen)
+        got = session.run(None, {feed: x.numpy()})[0]
+        expected = ref.mlca_reference(x.double(), wg, wl, 5, 0.5).numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6, err_msg=f"at {shape}")
