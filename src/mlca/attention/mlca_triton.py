@@ -40,6 +40,7 @@ Kernels run compiled on CUDA tensors, and on CPU tensors through Triton's interp
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from typing import Callable
 
 import torch
@@ -279,14 +280,17 @@ def _dense_rows(t: Tensor) -> bool:
     return t.stride(3) == 1 and t.stride(2) == t.shape[3]
 
 
+@lru_cache(maxsize=256)
 def _span(n_out: int, L: int) -> int:
     """Most source bins that one of n_out upsampled positions averages."""
     return max(((o + 1) * L + n_out - 1) // n_out - (o * L) // n_out for o in range(n_out))
 
 
-def _bin_counts(n: int, L: int) -> Tensor:
-    """Sizes of the L adaptive-pooling bins over n positions, (L,) int64."""
-    return torch.tensor([((i + 1) * n + L - 1) // L - (i * n) // L for i in range(L)])
+def _bin_counts(n: int, L: int, device: torch.device) -> Tensor:
+    """Sizes of the L adaptive-pooling bins over n positions, (L,) float32, made on ``device``
+    (no host-to-device copy in the backward)."""
+    i = torch.arange(L, device=device)
+    return (((i + 1) * n + L - 1) // L - (i * n) // L).to(torch.float32)
 
 
 def _bin_reduce(a: Tensor, b: Tensor | None, L: int, interpret: bool,
@@ -386,7 +390,7 @@ class _MLCATritonFunction(torch.autograd.Function):
         if need_x:
             # Pass 2 over g: grad_x = g * att + P^T d_local, P = adaptive pooling (mean over bins).
             H, W = x.shape[-2:]
-            counts = (_bin_counts(H, L)[:, None] * _bin_counts(W, L)[None, :]).to(d_local)
+            counts = _bin_counts(H, L, x.device)[:, None] * _bin_counts(W, L, x.device)[None, :]
             grad_x = _scale(grad_out, att_small, d_local / counts, x, ctx.interpret, ctx.blocks)
         return grad_x, d_wg, d_wl, None, None, None
 
