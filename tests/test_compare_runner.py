@@ -97,8 +97,10 @@ def test_interrupted_run_resumes_and_finished_ones_are_skipped(tmp_path):
 
 def test_other_settings_into_the_same_out_fail_clearly(tmp_path):
     run_all(_cfg(tmp_path, seeds=1), train_fn=RecordingTrain(), log=lambda s: None)
+    train = RecordingTrain()
     with pytest.raises(RuntimeError, match="epochs.*use another --out"):
-        run_all(_cfg(tmp_path, seeds=1, epochs=5), train_fn=RecordingTrain(), log=lambda s: None)
+        run_all(_cfg(tmp_path, seeds=2, epochs=5), train_fn=train, log=lambda s: None)
+    assert train.calls == []  # refused before training the new seed
 
 
 def test_config_errors():

@@ -203,7 +203,13 @@ def run_all(
     """Every run of ``cfg`` (finished ones are read back, not retrained), in plan order."""
     specs = list(plan_runs(cfg) if specs is None else specs)
     gpus = _visible_gpus(cfg) if train_fn is None else []
-    todo = [s for s in specs if not (run_dir(cfg, s) / DONE_FILE).is_file()]
+    todo = []
+    for s in specs:
+        marker = run_dir(cfg, s) / DONE_FILE
+        if marker.is_file():
+            _load_done(cfg, s, marker)  # other settings into the same --out: fail before training
+        else:
+            todo.append(s)
     if len(gpus) > 1 and len(todo) > 1:
         _run_on_gpus(cfg, todo, gpus, log)
     else:
