@@ -1,0 +1,16 @@
+"""The paper's experiment: MAY with each attention, over seeds, with honest statistics.
+
+    from mlca.compare import CompareConfig, run_compare
+    result = run_compare(CompareConfig(attentions=["none", "eca", "mlca"], seeds=3, epochs=30))
+    print(result.table)
+
+One file per idea: ``config`` (settings), ``runner`` (resumable (attention, seed) runs, GPU
+spreading), ``stats`` (mean ± std, Welch's t-test), ``cost`` (params, GFLOPs), ``latency``
+(interleaved batch-1 timing), ``report`` (CSV/Markdown table), ``plots``, ``cam`` (EigenCAM
+and MLCA maps), ``experiment`` (all of it in order).
+"""
+
+from .config import CompareConfig
+from .experiment import CompareResult, run_compare
+
+__all__ = ["CompareConfig", "CompareResult", "run_compare"]
