@@ -161,12 +161,14 @@ def _triton_scale(
     C, H, W, L, n_cblk, n_sblk,
     sv_b, sv_c, sv_h, sv_w,
     so_b, so_c, so_h, so_w,
+    sm_b, sm_c, sm_r, sm_q,
     HAS_ADD: tl.constexpr, SPAN_H: tl.constexpr, SPAN_W: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, V_DENSE: tl.constexpr, O_DENSE: tl.constexpr,
 ):
     """out = v * upsample(small) [+ gather(add)] for one (b, channel block, pixel block).
 
-    small, add: (B, C, L, L) f32 contiguous. upsample(small)[h, w] is the mean of small over
+    small, add: (B, C, L, L) f32, both with strides sm_* (channel-minor for channels_last v,
+    so that the gathers of neighbouring channels are coalesced). upsample(small)[h, w] is the mean of small over
     source rows [floor(h*L/H), ceil((h+1)*L/H)) x source cols (same in w): at most
     SPAN_H x SPAN_W bins, 2 x 2 whenever H, W >= L. gather(add)[h, w] is the plain sum of add
     over the same bins (pooling adjoint, add pre-divided by the bin sizes on the host).
@@ -190,7 +192,7 @@ def _triton_scale(
     r1 = ((h + 1) * L + H - 1) // H
     q0 = (w * L) // W
     q1 = ((w + 1) * L + W - 1) // W
-    small_base = (bi * C + offs_c[:, None]) * (L * L)
+    small_base = bi * sm_b + offs_c[:, None] * sm_c
 
     att = tl.full((BLOCK_C, BLOCK_S), 0.0, tl.float32)
     extra = tl.full((BLOCK_C, BLOCK_S), 0.0, tl.float32)
@@ -199,7 +201,7 @@ def _triton_scale(
             r = r0 + dr
             q = q0 + dq
             mb = m2 & ((r < r1) & (q < q1))[None, :]
-            idx = small_base + (r * L + q)[None, :]
+            idx = small_base + (r * sm_r + q * sm_q)[None, :]
             att += tl.where(mb, tl.load(small_ptr + idx, mask=mb), 0.0)
             if HAS_ADD:
                 extra += tl.where(mb, tl.load(add_ptr + idx, mask=mb), 0.0)
@@ -316,15 +318,18 @@ def _scale(v: Tensor, small: Tensor, add: Tensor | None, like: Tensor, interpret
     """v * upsample(small) (+ gather(add)), written in the dtype and memory format of ``like``."""
     B, C, H, W = v.shape
     L = small.shape[-1]
-    small = small.contiguous()  # the kernel indexes (B, C, L, L) densely
-    add = None if add is None else add.contiguous()
+    # The small maps in the layout of v's tile: channel-minor when channels are the wide side.
+    fmt = torch.channels_last if _is_channels_last(v) else torch.contiguous_format
+    small = small.contiguous(memory_format=fmt)
+    add = None if add is None else add.contiguous(memory_format=fmt)
+    assert add is None or add.stride() == small.stride()
     out = torch.empty_like(like)  # preserve_format: channels_last in, channels_last out
     bc, bs = _blocks(v, False, 1, blocks)
     n_cblk = triton.cdiv(C, bc)
     n_sblk = triton.cdiv(H * W, bs)
     _kernel(_triton_scale, interpret)[(B * n_cblk * n_sblk,)](
         v, small, small if add is None else add, out, C, H, W, L, n_cblk, n_sblk,
-        *v.stride(), *out.stride(),
+        *v.stride(), *out.stride(), *small.stride(),
         HAS_ADD=add is not None, SPAN_H=_span(H, L), SPAN_W=_span(W, L), BLOCK_C=bc, BLOCK_S=bs,
         V_DENSE=_dense_rows(v), O_DENSE=_dense_rows(out),
     )
