@@ -16,7 +16,8 @@ def add_parser(subparsers, name: str = "predict", help: str | None = None) -> ar
     p.add_argument("--weights", required=True, help="a .pt checkpoint from `mlca train`, or an .onnx export")
     p.add_argument("--source", required=True, nargs="+", help="image files, folders or glob patterns")
     p.add_argument("--out", default="runs/predict", help="folder for the drawn images")
-    p.add_argument("--img-size", type=int, default=None, help="input size (default: the training size, else 640)")
+    p.add_argument("--img-size", type=int, default=None,
+                   help="input size (default: the training size, or a fixed-size ONNX input, else 640)")
     p.add_argument("--conf", type=float, default=0.25, help="confidence threshold")
     p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
     p.add_argument("--max-det", type=int, default=300, help="detections kept per image")
@@ -34,9 +35,10 @@ def run(args: argparse.Namespace) -> int:
 
     weights = Path(args.weights)
     try:
-        img_size = args.img_size or int(_train_config(weights).get("img_size") or 640)
         device = select_device(args.device)
         backend = load_backend(weights, device=device)
+        img_size = int(args.img_size or _train_config(weights).get("img_size") or getattr(backend, "img_size", None)
+                       or 640)
         paths, dets = predict_images(backend, args.source, img_size=img_size, conf=args.conf, iou=args.iou,
                                      out_dir=args.out, device=device, max_det=args.max_det, progress=True)
     except (FileNotFoundError, ValueError, DataError, CheckpointError, RuntimeError) as e:

@@ -20,7 +20,8 @@ def add_parser(subparsers, name: str = "val", help: str | None = None) -> argpar
     p.add_argument("--data", default=None,
                    help='dataset YAML or "embedded" (default: the dataset the checkpoint was trained on)')
     p.add_argument("--split", default="val", choices=("train", "val", "test"))
-    p.add_argument("--img-size", type=int, default=None, help="input size (default: the training size, else 640)")
+    p.add_argument("--img-size", type=int, default=None,
+                   help="input size (default: the training size, or a fixed-size ONNX input, else 640)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--conf", type=float, default=0.001, help="NMS confidence threshold (low for mAP)")
     p.add_argument("--iou", type=float, default=0.6, help="NMS IoU threshold")
@@ -82,10 +83,10 @@ def run(args: argparse.Namespace) -> int:
         data = args.data or trained.get("data")
         if not data:
             raise ValueError(f"{weights} does not record its dataset; pass --data")
-        img_size = args.img_size or int(trained.get("img_size") or 640)
         device = select_device(args.device)
         config = load_dataset_config(data)
         backend = load_backend(weights, device=device)
+        img_size = int(args.img_size or trained.get("img_size") or getattr(backend, "img_size", None) or 640)
         model = getattr(backend, "model", backend)  # evaluate the nn.Module itself for .pt weights
         nc = getattr(model, "num_classes", None)
         if nc is not None and nc != len(config.names):

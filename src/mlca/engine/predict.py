@@ -42,6 +42,8 @@ class _ArrayBackend:
     def __init__(self, backend: Callable, names: list[str] | None) -> None:
         self.backend = backend
         self.names = names
+        # a fixed-size export knows its input size; the CLIs use it as the default
+        self.img_size: int | None = getattr(backend, "img_size", None)
 
     def __call__(self, imgs: Tensor) -> Tensor:
         """(B, 3, S, S) -> (B, N, 5 + nc)."""
