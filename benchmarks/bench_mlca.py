@@ -35,6 +35,10 @@ from torch import Tensor, nn
 
 from mlca.attention.mlca import MLCA
 
+# perf_counter (wall) by default; --clock process measures this process's CPU time, which on a
+# shared, oversubscribed machine is far more stable (it does not count time spent descheduled).
+_CLOCK: Callable[[], float] = time.perf_counter
+
 YOLO_SHAPES = [(16, 64, 80, 80), (16, 128, 40, 40), (16, 256, 20, 20), (8, 256, 80, 80)]
 QUICK_SHAPES = [(4, 64, 40, 40), (4, 128, 20, 20)]
 
@@ -113,17 +117,25 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def _median_time(fn: Callable[[int], None], reps: int, warmup: int, dev: torch.device) -> float:
-    for i in range(warmup):
-        fn(i)
-    times = []
+def _interleaved_medians(fns: list[Callable[[int], None]], reps: int, warmup: int,
+                         dev: torch.device) -> list[float]:
+    """Median seconds of each fn, timed round-robin (A, B, C, A, B, C, ...).
+
+    Round-robin makes the ratios robust on a shared machine: a burst of load from other
+    processes hits every contender alike instead of whichever happened to run then.
+    """
+    for fn in fns:
+        for i in range(warmup):
+            fn(i)
+    times: list[list[float]] = [[] for _ in fns]
     for i in range(reps):
-        _sync(dev)
-        t0 = time.perf_counter()
-        fn(i)
-        _sync(dev)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for k, fn in enumerate(fns):
+            _sync(dev)
+            t0 = _CLOCK()
+            fn(i)
+            _sync(dev)
+            times[k].append(_CLOCK() - t0)
+    return [statistics.median(t) for t in times]
 
 
 def _saved_bytes(mod: Callable[[Tensor], Tensor], x: Tensor) -> int:
@@ -161,7 +173,7 @@ def bench_shape(shape, contenders, dev, reps, warmup, n_inputs=3) -> list[Row]:
     xs_g = [x.clone().requires_grad_(True) for x in xs]
     gs = [torch.randn(shape, generator=gen).to(dev) for _ in range(n_inputs)]
     ref_state = None
-    rows = []
+    mods = []
     for con in contenders:
         if dev.type not in con.devices:
             continue
@@ -172,29 +184,35 @@ def bench_shape(shape, contenders, dev, reps, warmup, n_inputs=3) -> list[Row]:
             ref_state = {k: v.detach().clone() for k, v in base.state_dict().items()}
         else:
             base.load_state_dict(ref_state)
+        mods.append((con, mod))
 
-        def fwd(i: int) -> None:
+    def fwd(mod):
+        def run(i: int) -> None:
             with torch.no_grad():
                 mod(xs[i % n_inputs])
+        return run
 
-        def fwdbwd(i: int) -> None:
+    def fwdbwd(mod):
+        def run(i: int) -> None:
             x = xs_g[i % n_inputs]
             x.grad = None
             mod(x).backward(gs[i % n_inputs])
+        return run
 
-        t_f = _median_time(fwd, reps, warmup, dev)
-        t_fb = _median_time(fwdbwd, reps, warmup, dev)
-        x0 = xs[0].clone().requires_grad_(True)
-        saved = _saved_bytes(mod, x0)
+    t_f = _interleaved_medians([fwd(m) for _, m in mods], reps, warmup, dev)
+    t_fb = _interleaved_medians([fwdbwd(m) for _, m in mods], reps, warmup, dev)
+    rows = []
+    for (con, mod), tf, tfb in zip(mods, t_f, t_fb):
+        saved = _saved_bytes(mod, xs[0].clone().requires_grad_(True))
         peak = None
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
             start = torch.cuda.memory_allocated(dev)
-            fwdbwd(0)
+            fwdbwd(mod)(0)
             _sync(dev)
             peak = (torch.cuda.max_memory_allocated(dev) - start) / 2**20
-        rows.append(Row(shape, con.name, t_f * 1e3, t_fb * 1e3, saved / 2**20, peak))
-        print(f"  {con.name:<16} fwd {t_f * 1e3:8.2f} ms  fwd+bwd {t_fb * 1e3:8.2f} ms  "
+        rows.append(Row(shape, con.name, tf * 1e3, tfb * 1e3, saved / 2**20, peak))
+        print(f"  {con.name:<16} fwd {tf * 1e3:8.2f} ms  fwd+bwd {tfb * 1e3:8.2f} ms  "
               f"saved {saved / 2**20:7.1f} MiB", flush=True)
     return rows
 
@@ -232,10 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=None, help="timed repetitions (default 15, quick 5)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for the CPU")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile contenders")
+    p.add_argument("--clock", choices=("wall", "process"), default="wall",
+                   help="wall time, or CPU time of this process (stable under load; CPU only)")
     p.add_argument("--only", nargs="*", default=None, help="contender names to run")
     args = p.parse_args(argv)
 
     dev = torch.device(args.device)
+    global _CLOCK
+    _CLOCK = time.process_time if args.clock == "process" else time.perf_counter
     if dev.type == "cuda" and not torch.cuda.is_available():
         print("CUDA requested but not available", file=sys.stderr)
         return 2
@@ -250,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
 
     machine = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine()
     print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, torch {torch.__version__}, "
-          f"{dev.type} ({machine}), {torch.get_num_threads()} threads, median of {reps}")
+          f"{dev.type} ({machine}), {torch.get_num_threads()} threads, median of {reps}, "
+          f"{args.clock} clock")
     rows: list[Row] = []
     for shape in shapes:
         print(f"shape {shape}", flush=True)

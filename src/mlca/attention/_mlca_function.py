@@ -62,9 +62,12 @@ class _Rows:
 
     def pool_rows(self, rows: Tensor, dtype: torch.dtype) -> Tensor:
         """(N, ls, kh, R) -> bin sums (B, C, ls, ls) in ``dtype`` (sum over kh first)."""
-        s = rows.sum(dim=2, dtype=dtype).reshape(self.n, self.ls, self.ls, self.kw, self.d).sum(dim=3)
+        s = rows.sum(dim=2, dtype=dtype)
         if self.channels_last:
+            s = s.reshape(self.n, self.ls, self.ls, self.kw, self.d).sum(dim=3)
             return s.permute(0, 3, 1, 2)  # (B, ls, ls, C) -> (B, C, ls, ls)
+        # NCHW: a trailing size-1 dim makes the kw reduction strided; drop it (2-3x faster).
+        s = s.reshape(self.n, self.ls, self.ls, self.kw).sum(dim=3)
         return s.reshape(self.b, self.c, self.ls, self.ls)
 
     def spread(self, small: Tensor) -> Tensor:
