@@ -171,7 +171,7 @@ def test_runs_spread_one_process_per_gpu(tmp_path, monkeypatch):
     class FakeChild:
         def __init__(self, cmd, env, stdout, stderr):
             cfg_json, att, seed = cmd[-3:]
-            assert cmd[1:3] == ["-m", "mlca.compare.runner"] and Path(cfg_json).is_file()
+            assert cmd[1:3] == ["-m", "mlca.compare.worker"] and Path(cfg_json).is_file()
             spawned.append((att, int(seed), env["CUDA_VISIBLE_DEVICES"]))
             running.add(env["CUDA_VISIBLE_DEVICES"])
             peak[0] = max(peak[0], len(running))

@@ -190,7 +190,7 @@ def _spawn(cfg: CompareConfig, spec: RunSpec, gpu: int, log_dir: Path) -> subpro
     cfg_path.write_text(json.dumps(cfg.to_dict()))
     env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu))
     log = open(log_dir / f"{spec.name}.log", "w")
-    cmd = [sys.executable, "-m", "mlca.compare.runner", str(cfg_path), spec.attention, str(spec.seed)]
+    cmd = [sys.executable, "-m", "mlca.compare.worker", str(cfg_path), spec.attention, str(spec.seed)]
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -245,21 +245,3 @@ def _run_on_gpus(cfg: CompareConfig, todo: list[RunSpec], gpus: list[int], log: 
         time.sleep(0.5)
     if failed:
         raise RuntimeError("compare: runs failed: " + "; ".join(failed))
-
-
-def _main(argv: list[str]) -> int:
-    """Child-process entry: ``python -m mlca.compare.runner CONFIG.json ATTENTION SEED``."""
-    cfg_path, attention, seed = argv
-    raw = json.loads(Path(cfg_path).read_text())
-    cfg = CompareConfig(**raw)
-    import torch
-
-    # the parent gave this process one GPU through CUDA_VISIBLE_DEVICES: it is cuda:0 here
-    device = "cuda" if torch.cuda.is_available() else cfg.device
-    out = run_one(cfg, RunSpec(attention, int(seed)), device=device)
-    print(json.dumps(dataclasses.asdict(out)))
-    return 0 if not math.isnan(out.map) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))
