@@ -145,17 +145,24 @@ def copy_bandwidth_gbs(device: torch.device, timer: Timer, nbytes: int) -> float
     return 2 * nbytes / (ms * 1e-3) / 1e9
 
 
-def make_contenders(device: torch.device, compile_seed: bool, triton_ok: bool) -> list[Contender]:
+def make_contenders(device: torch.device, dtype: torch.dtype, compile_seed: bool,
+                    triton_ok: bool) -> list[Contender]:
+    """The seed runs wholly in x's dtype (its conv1d needs weights of the input's dtype, as in a
+    model converted with ``.half()``); MLCA keeps float32 parameters and computes its attention
+    in float32 whatever x's dtype."""
     from mlca.attention.mlca import MLCA
 
-    def seed(c: int) -> nn.Module:
+    def seed_f32(c: int) -> nn.Module:
         torch.manual_seed(0)
         return SeedMLCA(c).to(device)
+
+    def seed(c: int) -> nn.Module:
+        return seed_f32(c).to(dtype)
 
     def mlca(backend: str) -> Callable[[int], nn.Module]:
         def build(c: int) -> nn.Module:
             mod = MLCA(c, backend=backend).to(device)
-            mod.load_state_dict(seed(c).state_dict())  # same parameter names as the seed
+            mod.load_state_dict(seed_f32(c).state_dict())  # same parameter names as the seed
             return mod
 
         return build
@@ -295,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, torch {torch.__version__}, "
           f"{name}, {args.dtype}, {'channels_last' if args.channels_last else 'NCHW'}, median of {reps}; "
           f"copy reference {copy_gbs:.4g} GB/s")
-    contenders = make_contenders(device, compile_seed, triton_ok)
+    contenders = make_contenders(device, dtype, compile_seed, triton_ok)
     rows: list[Row] = []
     for shape in shapes:
         print(f"shape {shape}", flush=True)

@@ -309,11 +309,12 @@ def test_gpu_benchmark_code_paths_on_the_interpreter(capsys, monkeypatch):
     """Everything but the CUDA timing: contenders, agreement with the seed, table, determinism."""
     bench = _load_gpu_bench(monkeypatch)
     assert bench.minimal_bytes((2, 3, 4, 5), torch.float16) == (3 * 240, 7 * 240)
-    assert bench.main(["--interpret-check"]) == 0
+    assert bench.main(["--interpret-check", "--dtype", "float16", "--channels-last"]) == 0
     out = capsys.readouterr().out
     assert "mlca triton" in out and "bit-identical" in out
     errs = [float(line.rsplit(" ", 1)[1]) for line in out.splitlines() if "max|err| vs seed" in line]
-    assert len(errs) == 3 and max(errs) < 1e-5
+    # The seed computes in float16 throughout, MLCA in float32: a few float16 ulps apart.
+    assert len(errs) == 3 and max(errs) < 5e-3
 
 
 # The (B, C, L, L) maps are float32 whatever x's dtype.
