@@ -52,7 +52,8 @@ def add_parser(subparsers, name: str = "train", help: str | None = None) -> argp
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
     p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm (0: off)")
-    p.add_argument("--ema-tau", type=float, default=d.ema_tau, help="EMA ramp length in updates")
+    p.add_argument("--ema-tau", type=float, default=d.ema_tau,
+                   help="EMA ramp length in updates (default: a fifth of the run, at most 2000)")
     p.add_argument("--amp", choices=("auto", "fp16", "bf16", "off"), default=d.amp,
                    help="mixed precision: auto = fp16 on CUDA, off on CPU")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under multi-GPU DDP")

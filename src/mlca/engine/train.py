@@ -78,12 +78,12 @@ class TrainConfig:
     warmup_bias_lr: float = 0.1
     grad_clip: float = 10.0  # max grad norm; 0 disables
     ema_decay: float = 0.9999
-    ema_tau: float = 2000.0  # EMA ramp (updates)
+    ema_tau: float | None = None  # EMA ramp in updates; None: total_iters / 5, at most 2000 (YOLOv5's)
     amp: str = "auto"  # "auto" (fp16 on CUDA, off on CPU) | "fp16" | "bf16" | "off"
     sync_bn: bool = False  # SyncBatchNorm under DDP (small per-GPU batches)
     # loss gains and augmentation knobs (passed to YoloLoss and DetectionDataset)
     hyp: dict = field(default_factory=dict)
-    close_mosaic: int = 0  # turn mosaic off for the last N epochs (0: never)
+    close_mosaic: int = 2  # turn mosaic off for the last N epochs (0: never)
     autoanchor: bool = True
     # validation
     val_interval: int = 1
@@ -323,10 +323,16 @@ def _train(cfg: TrainConfig, info: D.DistInfo, device: torch.device, ckpt: dict 
 
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr0, cfg.momentum, cfg.weight_decay)
     autocast, scaler = _autocast(device, cfg.amp)
-    ema = ModelEMA(model, decay=cfg.ema_decay, tau=cfg.ema_tau) if info.is_main else None
+    total_iters = cfg.epochs * nb
+    # YOLOv5's tau=2000 assumes 300 epochs; on a 10-epoch run it would make the EMA a copy of
+    # the raw model. A fifth of the run keeps the average over the last ~quarter of training.
+    ema_tau = cfg.ema_tau if cfg.ema_tau is not None else float(min(2000, max(total_iters / 5, 10)))
+    ema = ModelEMA(model, decay=cfg.ema_decay, tau=ema_tau) if info.is_main else None
     warmup_iters = max(round(cfg.warmup_epochs * nb), cfg.warmup_min_iters) if cfg.warmup_epochs > 0 else 0
-    schedule = WarmupCosine(lr0=cfg.lr0, lrf=cfg.lrf, total_iters=cfg.epochs * nb,
-                            warmup_iters=min(warmup_iters, max(cfg.epochs * nb - 1, 0)),
+    # never spend more than a fifth of a short run warming up
+    warmup_iters = min(warmup_iters, max(total_iters // 5, 1)) if warmup_iters else 0
+    schedule = WarmupCosine(lr0=cfg.lr0, lrf=cfg.lrf, total_iters=total_iters,
+                            warmup_iters=warmup_iters,
                             momentum=cfg.momentum, warmup_momentum=cfg.warmup_momentum,
                             warmup_bias_lr=cfg.warmup_bias_lr)
 
