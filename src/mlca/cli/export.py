@@ -1,0 +1,48 @@
+"""``mlca export``: a trained MAY checkpoint to ONNX or TorchScript, checked against PyTorch."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_parser(subparsers, name: str = "export", help: str | None = None) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        name, help=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Export a checkpoint from `mlca train` to ONNX (dynamo exporter) or TorchScript. "
+        "The file is checked (onnx.checker, then onnxruntime / torch.jit.load against PyTorch on real "
+        "images at several sizes) and written only if every check passes.",
+    )
+    p.add_argument("--weights", required=True, help="a .pt checkpoint from `mlca train`")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    p.add_argument("--img-size", type=int, default=640, help="input size (a multiple of 32)")
+    p.add_argument("--dynamic", action="store_true", help="ONNX: dynamic batch, height and width")
+    p.add_argument("--half", action="store_true", help="float16 weights and arithmetic (float32 in/out)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 18)")
+    p.add_argument("--out", default=None, help="output file (default: next to the weights, .onnx / .torchscript)")
+    p.add_argument("--check-images", nargs="*", default=None,
+                   help="images for the check against PyTorch (default: a real Pascal VOC photo)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from mlca.deploy.export import ExportError, export_onnx, export_torchscript
+    from mlca.engine.checkpoint import CheckpointError, load_model
+
+    weights = Path(args.weights)
+    suffix = ".onnx" if args.format == "onnx" else ".torchscript"
+    out = Path(args.out) if args.out else weights.with_suffix(suffix)
+    try:
+        model = load_model(weights)
+        if args.format == "onnx":
+            report = export_onnx(model, out, args.img_size, dynamic=args.dynamic, half=args.half,
+                                 opset=args.opset, check_images=args.check_images)
+        else:
+            report = export_torchscript(model, out, args.img_size, half=args.half, check_images=args.check_images)
+    except (ExportError, CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"mlca export: error: {e}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0

@@ -1,0 +1,296 @@
+"""Export MAY to ONNX (dynamo exporter) or TorchScript, and prove the file right before keeping it.
+
+Every export is checked before it reaches its destination: ``onnx.checker`` (full check
+with shape inference), then onnxruntime (or ``torch.jit.load``) against the PyTorch model on
+real photos at several sizes. Only a file that passes is moved into place (written to a
+temporary file in the same folder, then ``os.replace``); a failure raises
+:class:`ExportError` with the reason and leaves no file behind.
+
+Tolerances (decoded outputs, every row): boxes ``|d| <= box_atol + box_rtol * |ref|`` in
+pixels, objectness/class probabilities ``|d| <= prob_atol``. Float32: 1e-2 px + 1e-4 rel,
+1e-4 — far below anything NMS or mAP can see. Float16 (``half``): 1 px + 1e-2 rel, 1e-2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .images import load_check_images, resize_batch
+
+__all__ = ["ExportError", "ExportReport", "TOLERANCES", "export_onnx", "export_torchscript", "check_sizes"]
+
+TOLERANCES: dict[str, dict[str, float]] = {
+    "float32": {"box_atol": 1e-2, "box_rtol": 1e-4, "prob_atol": 1e-4},
+    "float16": {"box_atol": 1.0, "box_rtol": 1e-2, "prob_atol": 1e-2},
+}
+MAX_STRIDE = 32
+
+
+class ExportError(RuntimeError):
+    """The model could not be exported, or the exported file does not match PyTorch."""
+
+
+@dataclass
+class ExportReport:
+    """What was written and how well it matched PyTorch (one entry per checked input shape)."""
+
+    path: Path
+    format: str
+    img_size: int
+    dynamic: bool
+    half: bool
+    tolerance: dict[str, float]
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        lines = [f"{self.format} -> {self.path} ({self.path.stat().st_size / 1e6:.1f} MB, {self.seconds:.0f} s)"]
+        for c in self.checks:
+            lines.append(
+                f"  check {tuple(c['shape'])}: max |box diff| {c['box_err']:.2e} px, "
+                f"max |prob diff| {c['prob_err']:.2e}  (tolerance {self.tolerance})"
+            )
+        return "\n".join(lines)
+
+
+def check_sizes(img_size: int, dynamic: bool) -> list[tuple[int, int, int]]:
+    """(batch, h, w) shapes an export is checked at: the export size, and for dynamic exports
+    also batch 2 at half size and a non-square size."""
+    if img_size % MAX_STRIDE:
+        raise ExportError(f"--img-size must be a multiple of {MAX_STRIDE}, got {img_size}")
+    if not dynamic:
+        return [(1, img_size, img_size)]
+    half = max(MAX_STRIDE, img_size // 2 // MAX_STRIDE * MAX_STRIDE)
+    wide = img_size + MAX_STRIDE * max(1, img_size // 4 // MAX_STRIDE)
+    return [(1, img_size, img_size), (2, half, half), (1, half, wide)]
+
+
+class _HalfModel(nn.Module):
+    """float16 weights inside, float32 in and out, so callers keep one interface."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.half()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 3, H, W) float32 -> (B, N, 5 + nc) float32."""
+        return self.model(x.half()).float()
+
+
+def _metadata(model: nn.Module, img_size: int, dynamic: bool, half: bool, names: Sequence[str] | None) -> dict:
+    from mlca import __version__
+
+    nc = int(getattr(model, "num_classes", 0))
+    names = list(names if names is not None else (getattr(model, "names", None) or [str(i) for i in range(nc)]))
+    return {
+        "names": json.dumps(names),
+        "num_classes": str(nc),
+        "img_size": json.dumps(None if dynamic else img_size),
+        "export_img_size": str(img_size),
+        "stride": str(MAX_STRIDE),
+        "strides": json.dumps([int(s) for s in getattr(model, "stride", torch.tensor([8, 16, 32])).tolist()]),
+        "dynamic": json.dumps(dynamic),
+        "half": json.dumps(half),
+        "model_config": json.dumps(getattr(model, "config", {})),
+        "output": "(B, N, 5 + nc): cx, cy, w, h (input pixels), objectness, class probabilities",
+        "producer": f"mlca {__version__}",
+    }
+
+
+@contextlib.contextmanager
+def _atomic_output(path: Path):
+    """Yield a temporary path next to ``path``; move it into place only if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _compare(out: torch.Tensor, ref: torch.Tensor, tol: dict[str, float], what: str, shape) -> dict[str, Any]:
+    if out.shape != ref.shape:
+        raise ExportError(f"{what}: output shape {tuple(out.shape)} != PyTorch {tuple(ref.shape)} at input {shape}")
+    out, ref = out.double(), ref.double()
+    box_d = (out[..., :4] - ref[..., :4]).abs()
+    prob_d = (out[..., 4:] - ref[..., 4:]).abs()
+    box_bad = box_d > tol["box_atol"] + tol["box_rtol"] * ref[..., :4].abs()
+    prob_bad = prob_d > tol["prob_atol"]
+    if not torch.isfinite(out).all():
+        raise ExportError(f"{what}: non-finite outputs at input {shape}")
+    res = {"shape": shape, "box_err": float(box_d.max()), "prob_err": float(prob_d.max())}
+    if box_bad.any() or prob_bad.any():
+        raise ExportError(
+            f"{what} does not match PyTorch at input {shape}: max |box diff| {res['box_err']:.3g} px, "
+            f"max |prob diff| {res['prob_err']:.3g} (tolerance {tol}); "
+            f"{int(box_bad.any(-1).sum() + prob_bad.any(-1).sum())} of {out.shape[0] * out.shape[1]} rows differ"
+        )
+    return res
+
+
+def _prepare(model: nn.Module, half: bool) -> tuple[nn.Module, nn.Module, dict[str, float]]:
+    """(reference float32 eval model on CPU, model to export, tolerance)."""
+    ref = copy.deepcopy(model).float().cpu().eval()
+    target = _HalfModel(copy.deepcopy(ref)).eval() if half else ref
+    return ref, target, TOLERANCES["float16" if half else "float32"]
+
+
+def _describe(model: nn.Module) -> str:
+    cfg = getattr(model, "config", {}) or {}
+    return f"MAY(attention={cfg.get('attention', '?')!r}, width={cfg.get('width', '?')})"
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    img_size: int = 640,
+    *,
+    dynamic: bool = False,
+    half: bool = False,
+    opset: int = 18,
+    names: Sequence[str] | None = None,
+    check_images: Sequence[str | os.PathLike] | None = None,
+    tolerance: dict[str, float] | None = None,
+) -> ExportReport:
+    """Export ``model`` (MAY, eval outputs) to ONNX with the dynamo exporter, check it, write it.
+
+    Args:
+        model: the detector; not modified (a copy is exported, on the CPU).
+        path: destination ``.onnx`` file; written only if every check passes.
+        img_size: square input size of the export (a multiple of 32).
+        dynamic: dynamic batch, height and width (multiples of 32) instead of (1, 3, S, S).
+        half: float16 weights and arithmetic (inputs and outputs stay float32).
+        opset: ONNX opset (>= 18).
+        names: class names for the metadata (default ``model.names``).
+        check_images: image files for the onnxruntime check (default: a real VOC photo).
+        tolerance: override :data:`TOLERANCES`.
+
+    Returns:
+        :class:`ExportReport`. Raises :class:`ExportError` on any failure (no file left).
+
+    Metadata (``metadata_props``): names (JSON), num_classes, img_size (JSON, null if
+    dynamic), stride, strides, dynamic, half, model_config, output layout, producer.
+    """
+    import onnx
+
+    if opset < 18:
+        raise ExportError(f"opset must be >= 18 for the dynamo exporter, got {opset}")
+    t0 = time.time()
+    path = Path(path)
+    shapes = check_sizes(img_size, dynamic)
+    ref, target, tol = _prepare(model, half)
+    tol = {**tol, **(tolerance or {})}
+    what = f"ONNX export of {_describe(ref)}"
+    # batch 2 in the example: torch.export specialises dimensions of size 1
+    example = torch.rand(2 if dynamic else 1, 3, img_size, img_size)
+    dynamic_shapes = None
+    if dynamic:
+        from torch.export import Dim
+
+        dynamic_shapes = ({
+            0: Dim("batch", min=1, max=1024),
+            2: MAX_STRIDE * Dim("height_div_32", min=1, max=256),
+            3: MAX_STRIDE * Dim("width_div_32", min=1, max=256),
+        },)
+    log = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(log), torch.no_grad():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                target, (example,), dynamo=True, opset_version=opset, dynamic_shapes=dynamic_shapes,
+                input_names=["images"], output_names=["output"], verbose=False,
+            )
+        proto = program.model_proto
+    except Exception as e:  # the exporters raise many types; all mean "cannot export"
+        msg = str(e).strip().splitlines()
+        raise ExportError(
+            f"{what} failed: {type(e).__name__}: {' '.join(msg[:6])[:1500]}"
+        ) from e
+    for key, value in _metadata(ref, img_size, dynamic, half, names).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as e:
+        raise ExportError(f"{what}: onnx.checker rejected the graph: {e}") from e
+
+    report = ExportReport(path, "onnx", img_size, dynamic, half, tol)
+    images = load_check_images(check_images)
+    with _atomic_output(path) as tmp:
+        onnx.save(proto, str(tmp))
+        from .onnxrt import OnnxBackend
+
+        try:
+            backend = OnnxBackend(tmp)
+        except Exception as e:
+            raise ExportError(f"{what}: onnxruntime cannot load the exported graph: {e}") from e
+        for b, h, w in shapes:
+            x = resize_batch(images, (h, w), b)
+            with torch.no_grad():
+                expected = ref(x)
+            try:
+                got = backend(x)
+            except Exception as e:
+                raise ExportError(f"{what}: onnxruntime failed at input {(b, 3, h, w)}: {e}") from e
+            report.checks.append(_compare(got, expected, tol, what, (b, 3, h, w)))
+    report.seconds = time.time() - t0
+    return report
+
+
+def export_torchscript(
+    model: nn.Module,
+    path: str | os.PathLike,
+    img_size: int = 640,
+    *,
+    half: bool = False,
+    names: Sequence[str] | None = None,
+    check_images: Sequence[str | os.PathLike] | None = None,
+    tolerance: dict[str, float] | None = None,
+) -> ExportReport:
+    """Trace ``model`` to TorchScript, check the reloaded file against PyTorch, write it.
+
+    The traced graph follows the input's batch and size (the head builds its grid from the
+    feature shape), so it is checked at the export size and at a smaller, non-square one.
+    The metadata of :func:`export_onnx` is stored as the extra file ``mlca.json``
+    (``torch.jit.load(path, _extra_files={"mlca.json": ""})``).
+    """
+    t0 = time.time()
+    path = Path(path)
+    shapes = check_sizes(img_size, True)
+    ref, target, tol = _prepare(model, half)
+    tol = {**tol, **(tolerance or {})}
+    what = f"TorchScript export of {_describe(ref)}"
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(target, torch.rand(1, 3, img_size, img_size), check_trace=False)
+    except Exception as e:
+        raise ExportError(f"{what} failed: {type(e).__name__}: {e}") from e
+    meta = {k: v for k, v in _metadata(ref, img_size, True, half, names).items()}
+    report = ExportReport(path, "torchscript", img_size, True, half, tol)
+    images = load_check_images(check_images)
+    with _atomic_output(path) as tmp:
+        torch.jit.save(traced, str(tmp), _extra_files={"mlca.json": json.dumps(meta)})
+        loaded = torch.jit.load(str(tmp))
+        for b, h, w in shapes:
+            x = resize_batch(images, (h, w), b)
+            with torch.no_grad():
+                report.checks.append(_compare(loaded(x), ref(x), tol, what, (b, 3, h, w)))
+    report.seconds = time.time() - t0
+    return report
