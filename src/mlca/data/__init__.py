@@ -30,6 +30,7 @@ _API = {
     "generate_embedded": "embedded",
     "ensure_embedded": "embedded",
     "preview_grid": "preview",
+    "check_dataset": "check",
 }
 
 __all__ = sorted(_API)
