@@ -54,6 +54,14 @@ def test_boxes_are_pixels_xyxy_from_normalised_cxcywh(tmp_path):
     assert b.boxes.shape == (0, 4) and b.labels.shape == (0,)  # no label file: background image
 
 
+def test_segment_polygons_become_their_bounding_box_and_a_bom_is_tolerated(tmp_path):
+    yaml = make_set(tmp_path, {"a": "\ufeff2 0.1 0.2 0.5 0.25 0.3 0.9\n0 0.5 0.5 0.5 0.5 0.6 0.6 0.4 0.7\n"})
+    (a,) = read_records(load_dataset_config(yaml), "train")
+    np.testing.assert_allclose(a.boxes, [[0.1 * 64, 0.2 * 48, 0.5 * 64, 0.9 * 48], [0.4 * 64, 0.5 * 48, 0.6 * 64, 0.7 * 48]],
+                               atol=1e-4)  # fmt: skip
+    assert a.labels.tolist() == [2, 0]
+
+
 def test_split_as_txt_list_and_list_of_dirs(tmp_path):
     make_set(tmp_path, {"a": "0 0.5 0.5 0.2 0.2\n", "b": "2 0.5 0.5 0.2 0.2\n"})
     write_image(tmp_path / "images" / "extra" / "c.jpg", 32, 32)
@@ -77,6 +85,8 @@ def test_label_path_replaces_the_last_images_dir():
     [
         ("0 0.5 0.5 0.2 0.2\n1 0.5 0.5 0.2\n", 2, "expected 5 fields"),
         ("0 0.5 0.5 0.2 0.2 0.1\n", 1, "expected 5 fields"),
+        ("0 0.5 0.5 0.2 0.2 0.1 0.3 0.4\n", 1, "expected 5 fields"),  # a polygon needs whole points
+        ("0 0.1 0.1 0.5 0.1 30 40\n", 1, "not normalised"),
         ("0 0.5 0.5 0.2 0.2\n\n0 0.5 abc 0.2 0.2\n", 3, "non-numeric"),
         ("0 0.5 0.5 nan 0.2\n", 1, "non-finite"),
         ("3 0.5 0.5 0.2 0.2\n", 1, "class 3 not in the config"),

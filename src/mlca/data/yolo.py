@@ -1,5 +1,8 @@
 """YOLO txt labels: ``images/`` + ``labels/``, one ``class cx cy w h`` line per object.
 
+A line may also be a YOLO segmentation polygon ``class x1 y1 x2 y2 x3 y3 ...``; its bounding
+box is the object's box.
+
 Coordinates are normalised to ``[0, 1]`` by the image size. A split is a directory of
 images, a ``.txt`` file listing images, or a list of either (YOLOv5's rules). Each image's
 label file is found by replacing the last ``images`` directory in its path with ``labels``
@@ -77,7 +80,7 @@ def parse_label_file(path: Path, nc: int, width: int, height: int) -> tuple[np.n
             a box outside the image or degenerate.
     """
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # tolerate a BOM from Windows editors
     except UnicodeDecodeError:
         raise DataError(path, "label file is not text") from None
     rows, labels, lines = [], [], []
@@ -85,8 +88,13 @@ def parse_label_file(path: Path, nc: int, width: int, height: int) -> tuple[np.n
         fields = line.split()
         if not fields:
             continue
-        if len(fields) != 5:
-            raise DataError(path, f"expected 5 fields 'class cx cy w h', got {len(fields)}: {line.strip()!r}", lineno)
+        # 5 fields: a box; 7, 9, ...: a segmentation polygon "class x1 y1 x2 y2 x3 y3 ...", whose
+        # bounding box is the object's box (YOLOv5 reads segment labels the same way)
+        if len(fields) != 5 and (len(fields) < 7 or len(fields) % 2 == 0):
+            raise DataError(
+                path, f"expected 5 fields 'class cx cy w h' (or a polygon 'class x1 y1 x2 y2 x3 y3 ...'), "
+                f"got {len(fields)}: {line.strip()!r}", lineno,
+            )  # fmt: skip
         try:
             values = [float(f) for f in fields]
         except ValueError:
@@ -98,11 +106,14 @@ def parse_label_file(path: Path, nc: int, width: int, height: int) -> tuple[np.n
             raise DataError(path, f"class {fields[0]} not in the config (classes 0..{nc - 1})", lineno)
         coords = np.array(values[1:])
         if (coords < -_NORM_TOL).any() or (coords > 1 + _NORM_TOL).any():
-            raise DataError(
-                path, f"coordinates {fields[1:]} are not normalised to [0, 1] (pixel coordinates?)", lineno
-            )
-        cx, cy, w, h = coords
-        rows.append([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height])
+            shown = fields[1:] if len(fields) == 5 else fields[1:5] + ["..."]
+            raise DataError(path, f"coordinates {shown} are not normalised to [0, 1] (pixel coordinates?)", lineno)
+        if len(coords) == 4:
+            cx, cy, w, h = coords
+            rows.append([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height])
+        else:
+            xs, ys = coords[0::2] * width, coords[1::2] * height
+            rows.append([xs.min(), ys.min(), xs.max(), ys.max()])
         labels.append(int(cls))
         lines.append(lineno)
     boxes, n_clipped = check_boxes(np.array(rows).reshape(-1, 4), width, height, path, lines)
