@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 from PIL import Image
+from test_data_yolo import make_set
 
 from mlca.data.check import check_dataset, main
-from test_data_yolo import make_set
 
 
 def test_check_lists_all_bad_files_counts_and_writes_a_preview(tmp_path, capsys):

@@ -17,8 +17,11 @@ def write(path: Path, text: str) -> Path:
 
 def test_yolov5_data_yaml_loads_as_is(tmp_path):
     # the shape of ultralytics' coco128.yaml: path relative, names as a dict, extra keys
-    y = write(tmp_path / "coco128.yaml", "path: ../datasets/coco128\ntrain: images/train2017\n"
-              "val: images/train2017\ntest:\nnames:\n  0: person\n  1: bicycle\ndownload: https://x/y.zip\n")  # fmt: skip
+    text = (
+        "path: ../datasets/coco128\ntrain: images/train2017\nval: images/train2017\ntest:\n"
+        "names:\n  0: person\n  1: bicycle\ndownload: https://x/y.zip\n"
+    )
+    y = write(tmp_path / "coco128.yaml", text)
     cfg = load_dataset_config(y)
     assert cfg.format == "yolo" and cfg.name == "coco128"
     assert cfg.names == ["person", "bicycle"] and cfg.nc == 2

@@ -70,7 +70,9 @@ def test_default_set_is_reachable_by_name(tmp_path, monkeypatch):
 def test_two_processes_generating_at_once_both_get_the_complete_set(tmp_path):
     env = {**os.environ, "MLCA_HOME": str(tmp_path)}
     code = "from mlca.data.embedded import ensure_embedded; print(ensure_embedded(4, 2))"
-    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     outs = [p.communicate(timeout=300)[0].strip() for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
     root = tmp_path / f"embedded-v{embedded.VERSION}-4-2"

@@ -57,8 +57,8 @@ def test_boxes_are_pixels_xyxy_from_normalised_cxcywh(tmp_path):
 def test_segment_polygons_become_their_bounding_box_and_a_bom_is_tolerated(tmp_path):
     yaml = make_set(tmp_path, {"a": "\ufeff2 0.1 0.2 0.5 0.25 0.3 0.9\n0 0.5 0.5 0.5 0.5 0.6 0.6 0.4 0.7\n"})
     (a,) = read_records(load_dataset_config(yaml), "train")
-    np.testing.assert_allclose(a.boxes, [[0.1 * 64, 0.2 * 48, 0.5 * 64, 0.9 * 48], [0.4 * 64, 0.5 * 48, 0.6 * 64, 0.7 * 48]],
-                               atol=1e-4)  # fmt: skip
+    ref = [[0.1 * 64, 0.2 * 48, 0.5 * 64, 0.9 * 48], [0.4 * 64, 0.5 * 48, 0.6 * 64, 0.7 * 48]]
+    np.testing.assert_allclose(a.boxes, ref, atol=1e-4)
     assert a.labels.tolist() == [2, 0]
 
 

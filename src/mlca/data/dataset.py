@@ -11,7 +11,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from torchvision import tv_tensors
 
 from .errors import DataError
 from .images import load_image

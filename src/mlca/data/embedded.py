@@ -335,8 +335,8 @@ def _write_images(out: Path | str, split: str, indices: range, seed: int) -> Non
         Image.fromarray(img).save(out / "images" / split / f"{stem}.jpg", quality=90)
         h, w = img.shape[:2]
         lines = [
-            f"{c} {(b[0] + b[2]) / 2 / w:.6f} {(b[1] + b[3]) / 2 / h:.6f} {(b[2] - b[0]) / w:.6f} {(b[3] - b[1]) / h:.6f}"
-            for c, b in zip(labels, boxes)
+            f"{c} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}"
+            for c, (x1, y1, x2, y2) in zip(labels, boxes)
         ]
         (out / "labels" / split / f"{stem}.txt").write_text("".join(line + "\n" for line in lines))
 
