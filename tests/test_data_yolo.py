@@ -62,6 +62,17 @@ def test_segment_polygons_become_their_bounding_box_and_a_bom_is_tolerated(tmp_p
     assert a.labels.tolist() == [2, 0]
 
 
+def test_read_records_takes_a_yaml_path_and_errors_survive_pickling(tmp_path):
+    import pickle
+
+    yaml = make_set(tmp_path, {"a": "0 0.5 0.5 0.2 0.2\n", "b": "9 0.5 0.5 0.2 0.2\n"})
+    with pytest.raises(DataError) as e:
+        read_records(yaml, "train")  # a path works as well as a loaded config
+    # DataLoader workers send exceptions to the main process by pickling them
+    back = pickle.loads(pickle.dumps(e.value))
+    assert (back.file, back.line, back.reason, str(back)) == (e.value.file, 1, e.value.reason, str(e.value))
+
+
 def test_split_as_txt_list_and_list_of_dirs(tmp_path):
     make_set(tmp_path, {"a": "0 0.5 0.5 0.2 0.2\n", "b": "2 0.5 0.5 0.2 0.2\n"})
     write_image(tmp_path / "images" / "extra" / "c.jpg", 32, 32)

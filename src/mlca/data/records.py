@@ -149,8 +149,14 @@ def collect(
     return report
 
 
-def scan_records(config: DatasetConfig, split: str, skip_bad: bool = False) -> ReadReport:
-    """Read a split and return the full :class:`ReadReport` (records, bad files, clip count)."""
+def scan_records(config: DatasetConfig | str | Path, split: str, skip_bad: bool = False) -> ReadReport:
+    """Read a split and return the full :class:`ReadReport` (records, bad files, clip count).
+
+    ``config`` is a :class:`DatasetConfig` or anything :func:`load_dataset_config` takes.
+    """
+    from .config import load_dataset_config
+
+    config = load_dataset_config(config)
     spec = config.split(split)
     if config.format in ("yolo", "embedded"):
         from .yolo import read_yolo
@@ -167,13 +173,19 @@ def scan_records(config: DatasetConfig, split: str, skip_bad: bool = False) -> R
     raise DataError(config.source, f"unknown dataset format {config.format!r}")
 
 
-def read_records(config: DatasetConfig, split: str, skip_bad: bool = False) -> list[Record]:
+def read_records(config: DatasetConfig | str | Path, split: str, skip_bad: bool = False) -> list[Record]:
     """Read the ``split`` (``'train'``, ``'val'`` or ``'test'``) of a dataset.
+
+    ``config`` is a :class:`DatasetConfig` or anything :func:`load_dataset_config` takes (a
+    YAML path, a shipped config name, ``"embedded"``).
 
     Bad data raises :class:`DataError` naming the file and line. With ``skip_bad=True`` the
     bad images are left out and a summary (how many, and which, with the reason) is printed
     to stderr; boxes partly outside their image are clipped and their count printed too.
     """
+    from .config import load_dataset_config
+
+    config = load_dataset_config(config)
     report = scan_records(config, split, skip_bad)
     text = report.summary(f"{config.name} {split}")
     if text:
