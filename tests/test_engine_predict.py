@@ -91,3 +91,33 @@ def test_checkpoint_backend_matches_the_model(tmp_path):
     paths, dets = predict_images(tmp_path / "w.pt", src, img_size=64, conf=0.0001, out_dir=tmp_path / "out")
     assert paths[0].is_file() and dets[0].shape[1] == 6
     assert (dets[0][:, :4] >= 0).all() and (dets[0][:, [0, 2]] <= 70).all() and (dets[0][:, [1, 3]] <= 50).all()
+
+
+def test_onnx_weights_run_through_onnxruntime(tmp_path):
+    """A hand-built ONNX graph that always answers one centred class-1 box, with mlca's metadata."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    box = np.array([[[32, 32, 16, 16, 0.9, 0.1, 0.9]]], np.float32)  # in 64 x 64 input pixels
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["images"], ["m"], keepdims=0),  # uses the input
+         helper.make_node("Constant", [], ["c"], value=helper.make_tensor("c", TensorProto.FLOAT, box.shape,
+                                                                          box.ravel().tolist())),
+         helper.make_node("Mul", ["m", "zero"], ["z"]),
+         helper.make_node("Add", ["c", "z"], ["output"])],
+        "fixed",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 64])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, 7])],
+        initializer=[helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    helper.set_model_props(model, {"names": '["cat", "dog"]', "num_classes": "2", "img_size": "64"})
+    path = tmp_path / "fixed.onnx"
+    onnx.save(model, path)
+    backend = load_backend(path)
+    assert backend.names == ["cat", "dog"] and backend.img_size == 64
+    src = save_image(tmp_path / "wide.png", 100, 50)
+    paths, dets = predict_images(path, src, img_size=64, out_dir=tmp_path / "out")
+    torch.testing.assert_close(dets[0], torch.tensor([[37.5, 12.5, 62.5, 37.5, 0.81, 1.0]]))
+    assert paths[0].is_file()

@@ -36,30 +36,13 @@ class TorchBackend:
             return self.model(imgs.to(self.device).float())
 
 
-class _ArrayBackend:
-    """Adapts a backend that may return numpy arrays (onnxruntime) to torch tensors."""
-
-    def __init__(self, backend: Callable, names: list[str] | None) -> None:
-        self.backend = backend
-        self.names = names
-        # a fixed-size export knows its input size; the CLIs use it as the default
-        self.img_size: int | None = getattr(backend, "img_size", None)
-
-    def __call__(self, imgs: Tensor) -> Tensor:
-        """(B, 3, S, S) -> (B, N, 5 + nc)."""
-        out = self.backend(imgs)
-        if isinstance(out, (list, tuple)):
-            out = out[0]
-        return torch.as_tensor(np.asarray(out) if not isinstance(out, Tensor) else out)
-
-
 def load_backend(weights: str | os.PathLike, device: str | torch.device = "cpu") -> Callable[[Tensor], Tensor]:
     """A callable ``(B, 3, S, S) float in [0, 1] -> (B, N, 5 + nc)`` for ``weights``.
 
     ``.pt``/``.pth``: the mlca checkpoint through :func:`mlca.engine.checkpoint.load_model`
     (EMA weights, names). ``.onnx``: :class:`mlca.deploy.onnxrt.OnnxBackend` (needs
-    onnxruntime: ``pip install 'mlca[export]'``). The result has a ``names`` attribute
-    (``None`` when the file does not record class names).
+    onnxruntime: ``pip install 'mlca[export]'``). The result has ``names`` (``None`` when the
+    file does not record class names) and ``num_classes``.
     """
     path = Path(weights)
     if not path.is_file():
@@ -77,8 +60,8 @@ def load_backend(weights: str | os.PathLike, device: str | torch.device = "cpu")
                 f"running {path} needs onnxruntime and mlca.deploy.onnxrt ({e}); "
                 "install the export extra: pip install 'mlca[export]'"
             ) from e
-        backend = OnnxBackend(path)
-        return _ArrayBackend(backend, getattr(backend, "names", None))
+        # same interface: tensor in, decoded (B, N, 5 + nc) tensor out, .names, .img_size
+        return OnnxBackend(path)
     raise ValueError(f"unsupported weights {path}: expected a .pt checkpoint from `mlca train` or an .onnx export")
 
 
