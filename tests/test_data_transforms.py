@@ -262,3 +262,14 @@ def test_fast_scale_translate_matches_v2_affine_then_centre_crop(tmp_path, seed)
     np.testing.assert_allclose(fast_box.numpy(), ref_box.numpy(), atol=1.0)
     # same picture up to resampling (antialiased resize vs nearest-neighbour grid sampling)
     assert (fast_img.float() - ref_img.float()).abs().mean() < 12
+
+
+@pytest.mark.parametrize("mosaic, degrees", [(0.0, 0.0), (1.0, 0.0), (0.0, 10.0)])
+def test_images_without_objects_pass_every_path(tmp_path, mosaic, degrees):
+    path = tmp_path / "empty.png"
+    Image.fromarray(np.zeros((50, 70, 3), np.uint8)).save(path)
+    rec = Record(path, np.zeros((0, 4)), np.zeros(0), 70, 50)
+    ds = DetectionDataset([rec] * 4, 64, augment=True, hyp={"mosaic": mosaic, "degrees": degrees})
+    imgs, targets, _ = collate([ds[i] for i in range(4)])
+    assert imgs.shape == (4, 3, 64, 64) and targets.shape == (0, 6)
+    assert DetectionDataset([rec], 64, augment=False)[0][1].shape == (0, 5)
