@@ -285,7 +285,8 @@ def export_torchscript(
     meta = {k: v for k, v in _metadata(ref, img_size, True, half, names).items()}
     report = ExportReport(path, "torchscript", img_size, True, half, tol)
     images = load_check_images(check_images)
-    with _atomic_output(path) as tmp:
+    with _atomic_output(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated but still the format asked for
         torch.jit.save(traced, str(tmp), _extra_files={"mlca.json": json.dumps(meta)})
         loaded = torch.jit.load(str(tmp))
         for b, h, w in shapes:

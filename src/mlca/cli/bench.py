@@ -1,0 +1,65 @@
+"""``mlca bench``: MAY latency per attention in eager, torch.compile and onnxruntime."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import sys
+
+
+def add_parser(subparsers, name: str = "bench", help: str | None = None) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        name, help=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Time MAY's forward pass (CPU, eval, no grad) for each attention, side by side in one "
+        "process: interleaved repetitions after warm-up, median reported.",
+    )
+    p.add_argument("--attentions", default=None, help="comma-separated names (default: all registered)")
+    p.add_argument("--backends", default="eager,compile,onnxruntime", help="comma-separated subset")
+    p.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    p.add_argument("--sizes", default="320,640", help="comma-separated image sizes")
+    p.add_argument("--reps", type=int, default=10, help="timed repetitions (median reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls first")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's setting)")
+    p.add_argument("--width", type=float, default=1.0, help="MAY width multiplier")
+    p.add_argument("--baseline", default="eca", help="attention the eager column is compared with")
+    p.add_argument("--quick", action="store_true",
+                   help="none, eca, mlca at 320 and batch 1, 5 repetitions (a minute or two)")
+    p.add_argument("--csv", default=None, help="also write the results to this CSV file")
+    p.set_defaults(func=run)
+    return p
+
+
+def _ints(text: str) -> list[int]:
+    return [int(t) for t in text.split(",") if t.strip()]
+
+
+def run(args: argparse.Namespace) -> int:
+    from mlca.attention import list_attentions
+    from mlca.deploy.bench import bench_may, format_table, machine_info, results_as_dicts
+
+    attentions = args.attentions.split(",") if args.attentions else None
+    batches, sizes, reps = _ints(args.batches), _ints(args.sizes), args.reps
+    if args.quick:
+        attentions = attentions or [a for a in ("none", "eca", "mlca") if a in list_attentions()]
+        batches, sizes, reps = [1], [320], min(reps, 5)
+    try:
+        results = bench_may(
+            attentions, batches, sizes, [b.strip() for b in args.backends.split(",") if b.strip()],
+            reps=reps, warmup=args.warmup, width=args.width, threads=args.threads,
+            log=lambda s: print(s, file=sys.stderr),
+        )
+    except (KeyError, ValueError) as e:
+        print(f"mlca bench: error: {e}", file=sys.stderr)
+        return 1
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    print(f"MAY latency, median of {reps} after {args.warmup} warm-up, {now}")
+    print(f"machine: {machine_info()}")
+    print(format_table(results, args.baseline))
+    if args.csv:
+        rows = results_as_dicts(results)
+        with open(args.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    return 0

@@ -1,0 +1,155 @@
+"""MAY latency per attention, in PyTorch eager, torch.compile and onnxruntime, side by side.
+
+All (attention, backend) pairs of one input shape are timed in the same process, interleaved:
+every repetition runs each pair once, in a fresh random order, so load from other programs
+and thermal drift hit all pairs alike. After warm-up calls (which also trigger compilation),
+the median of the repetitions is reported.
+"""
+
+from __future__ import annotations
+
+import platform
+import random
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+__all__ = ["BenchResult", "bench_may", "format_table", "machine_info"]
+
+BACKENDS = ("eager", "compile", "onnxruntime")
+
+
+@dataclass
+class BenchResult:
+    attention: str
+    backend: str
+    img_size: int
+    batch: int
+    median_ms: float
+    min_ms: float
+    reps: int
+
+
+def machine_info() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+            f"Python {platform.python_version()}, {platform.system()}")
+
+
+def _runner(model: torch.nn.Module, backend: str, attention: str, tmp: Path, threads: int) -> Callable:
+    if backend == "eager":
+        return model
+    if backend == "compile":
+        # dynamic: one graph serves every image size instead of one compilation per size
+        return torch.compile(model, dynamic=True)
+    if backend == "onnxruntime":
+        from .export import export_onnx
+        from .onnxrt import OnnxBackend
+
+        path = tmp / f"may-{attention}.onnx"
+        export_onnx(model, path, 320, dynamic=True)
+        return OnnxBackend(path, providers=["CPUExecutionProvider"], num_threads=threads)
+    raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
+
+
+def bench_may(
+    attentions: Sequence[str] | None = None,
+    batches: Sequence[int] = (1, 8),
+    sizes: Sequence[int] = (320, 640),
+    backends: Sequence[str] = BACKENDS,
+    reps: int = 10,
+    warmup: int = 2,
+    num_classes: int = 20,
+    width: float = 1.0,
+    threads: int | None = None,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> list[BenchResult]:
+    """Median forward latency (ms, no grad, eval mode, CPU) of MAY per attention, backend and shape.
+
+    Args:
+        attentions: names (default: every registered attention).
+        batches, sizes: input shapes ``(batch, 3, size, size)``.
+        backends: any of ``"eager"``, ``"compile"``, ``"onnxruntime"``.
+        reps: timed repetitions per pair (the median is reported); warmup: untimed calls first.
+        threads: torch and onnxruntime intra-op threads (default: torch's current setting).
+    """
+    from mlca.attention import list_attentions
+    from mlca.models import build_may
+
+    attentions = list(attentions or list_attentions())
+    unknown = set(backends) - set(BACKENDS)
+    if unknown:
+        raise ValueError(f"unknown backend(s) {sorted(unknown)}; choose from {BACKENDS}")
+    if threads:
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    rng = random.Random(seed)
+    results: list[BenchResult] = []
+    with tempfile.TemporaryDirectory() as tmpdir:
+        runners: dict[tuple[str, str], Callable] = {}
+        for att in attentions:
+            torch.manual_seed(seed)
+            model = build_may(att, num_classes=num_classes, width=width).eval()
+            for backend in backends:
+                t0 = time.perf_counter()
+                runners[att, backend] = _runner(model, backend, att, Path(tmpdir), threads)
+                if backend != "eager":
+                    log(f"  prepared {att:>10} {backend:<12} in {time.perf_counter() - t0:.0f} s")
+        for size in sizes:
+            for batch in batches:
+                x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+                pairs = list(runners)
+                times: dict[tuple[str, str], list[float]] = {p: [] for p in pairs}
+                with torch.inference_mode():
+                    for p in pairs:  # warm-up (compiles for this shape)
+                        for _ in range(warmup):
+                            runners[p](x)
+                    for _ in range(reps):
+                        rng.shuffle(pairs)
+                        for p in pairs:
+                            t0 = time.perf_counter()
+                            runners[p](x)
+                            times[p].append((time.perf_counter() - t0) * 1e3)
+                for (att, backend), ts in times.items():
+                    results.append(BenchResult(att, backend, size, batch, statistics.median(ts), min(ts), reps))
+                log(f"  done {size}x{size} batch {batch}")
+    return results
+
+
+def format_table(results: Sequence[BenchResult], baseline: str = "eca") -> str:
+    """Markdown: one row per (size, batch, attention), one column per backend, plus eager vs baseline."""
+    backends = [b for b in BACKENDS if any(r.backend == b for r in results)]
+    by = {(r.img_size, r.batch, r.attention, r.backend): r.median_ms for r in results}
+    shapes = sorted({(r.img_size, r.batch) for r in results})
+    atts = list(dict.fromkeys(r.attention for r in results))
+    head = ["size", "batch", "attention"] + [f"{b} ms" for b in backends]
+    has_base = "eager" in backends and baseline in atts
+    if has_base:
+        head.append(f"eager vs {baseline}")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for size, batch in shapes:
+        for att in atts:
+            row = [str(size), str(batch), att]
+            row += [f"{by[size, batch, att, b]:.1f}" if (size, batch, att, b) in by else "-" for b in backends]
+            if has_base:
+                rel = by[size, batch, att, "eager"] / by[size, batch, baseline, "eager"] - 1
+                row.append(f"{rel * 100:+.1f}%")
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def results_as_dicts(results: Sequence[BenchResult]) -> list[dict]:
+    return [asdict(r) for r in results]
