@@ -25,7 +25,7 @@ class CompareConfig:
     data: str = "embedded"
     attentions: list[str] = field(default_factory=lambda: list(DEFAULT_ATTENTIONS))
     seeds: int = 3
-    epochs: int = 6
+    epochs: int = 5
     img_size: int = 160
     batch_size: int = 16
     workers: int = 0
