@@ -54,7 +54,7 @@ def add_parser(subparsers, name: str = "compare", help: str = "") -> argparse.Ar
 
 
 def run(args: argparse.Namespace) -> int:
-    from mlca.compare.experiment import _check_attentions, run_compare
+    from mlca.compare.experiment import check_attentions, run_compare
 
     try:
         cfg = CompareConfig(
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
             max_val_images=args.max_val_images, cam=args.cam, cam_images=args.cam_images,
             latency_rounds=args.latency_rounds, gpus=args.gpus,
         )
-        _check_attentions(cfg.attentions)
+        check_attentions(cfg.attentions)
     except (ValueError, KeyError) as e:
         print(f"mlca compare: error: {e.args[0] if e.args else e}")
         return 2

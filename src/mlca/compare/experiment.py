@@ -32,7 +32,7 @@ class CompareResult:
     seconds: float
 
 
-def _check_attentions(names: list[str]) -> None:
+def check_attentions(names: list[str]) -> None:
     import mlca.attention  # noqa: F401  (registers the zoo)
     from mlca.attention.registry import get_attention_class
 
@@ -61,7 +61,7 @@ def run_compare(cfg: CompareConfig, train_fn: Callable | None = None, log: Calla
     ``train_fn`` replaces :func:`mlca.engine.train.train` (for tests of the orchestration).
     """
     t0 = time.perf_counter()
-    _check_attentions(cfg.attentions)
+    check_attentions(cfg.attentions)
     nc = _num_classes(cfg.data)  # a bad --data fails here, before hours of training
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
