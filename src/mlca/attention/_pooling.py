@@ -62,6 +62,8 @@ def cached_bins(n_in: int, n_out: int, device: torch.device) -> Tuple[Tensor, Te
     Not for use under tracing/compiling: there the sizes may be symbolic and the table must be
     part of the graph.
     """
+    if torch.compiler.is_compiling():  # symbolic sizes: the table belongs in the graph
+        return adaptive_bins(n_in, n_out, device)
     key = (n_in, n_out, str(device))
     hit = _CACHE.get(key)
     if hit is None:

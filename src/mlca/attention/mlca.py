@@ -136,11 +136,10 @@ def mlca_plain(
     return x * att.to(x.dtype)
 
 
-def _tracing_or_compiling() -> bool:
-    """True inside jit.trace, torch.compile/export (dynamo) or ONNX export."""
+def _exporting() -> bool:
+    """True inside jit.trace, torch.export or ONNX export: graphs that must hold for all sizes."""
     return (
         torch.jit.is_tracing()
-        or torch.compiler.is_compiling()
         or torch.compiler.is_exporting()
         or torch.onnx.is_in_onnx_export()
     )
@@ -228,7 +227,7 @@ class MLCA(nn.Module):
     @torch.jit.unused
     def _dispatch(self, x: Tensor) -> Tensor:
         wg, wl = self.conv.weight, self.conv_local.weight
-        traced = _tracing_or_compiling()
+        traced = _exporting() or torch.compiler.is_compiling()
         backend = self.backend if self.backend != "auto" else get_default_backend()
 
         # --- Triton path (issue 7, mlca_triton.py). "auto" takes it only for eager CUDA float
@@ -248,9 +247,10 @@ class MLCA(nn.Module):
                 if backend == "triton" or triton_available():
                     return mlca_triton(x, wg, wl, self.local_size, self.local_weight)
 
-        # --- PyTorch paths: the graph-friendly formulation whenever a tracer/compiler looks at
-        # the code (no size-dependent Python branches, no autograd.Function), else the fused
-        # Function with a recomputing backward.
+        # --- PyTorch paths: the branch-free formulation whenever a tracer or compiler looks at
+        # the code (one graph valid for every size; the Function's size branches would make
+        # dynamo compile one graph per branch, ~3x the compile time), else the Function with
+        # the recomputing backward.
         if traced:
             return mlca_plain(x, wg, wl, self.local_size, self.local_weight)
         from ._mlca_function import mlca_function
