@@ -169,7 +169,7 @@ def make_contenders(device: torch.device, dtype: torch.dtype, compile_seed: bool
 
     out = [Contender("seed eager", seed)]
     if compile_seed:
-        out.append(Contender("seed compiled", lambda c: torch.compile(seed(c))))
+        out.append(Contender("seed compiled", lambda c: torch.compile(seed(c), dynamic=False)))
     out.append(Contender("mlca torch", mlca("torch")))
     if triton_ok:
         out.append(Contender("mlca triton", mlca("triton")))
@@ -263,6 +263,71 @@ def check_deterministic(device: torch.device, dtype: torch.dtype, shape) -> str:
     return "bit-identical" if same else "DIFFERENT (bug)"
 
 
+# Candidate tiles for --tune: "reduce" (BLOCK_C, BLOCK_W, num_warps), "scale" (BLOCK_C,
+# BLOCK_W, ROWS, num_warps), as in mlca_triton.TUNING.
+TUNE_CANDIDATES = {
+    "reduce_nchw": [(4, 128, 4), (8, 128, 4), (16, 64, 4), (2, 256, 4)],
+    "reduce_cl": [(32, 16, 4), (64, 16, 4), (64, 32, 8)],
+    "scale_nchw": [(1, 256, 8, 2), (2, 256, 4, 4), (4, 256, 8, 4), (4, 128, 4, 4), (8, 128, 8, 8),
+                   (2, 256, 16, 4)],
+    "scale_cl": [(64, 16, 4, 4), (128, 16, 2, 8), (128, 16, 4, 8)],
+}
+TUNE_SHAPES = [(32, 256, 160, 160), (16, 64, 80, 80)]
+
+
+def tune(dtype: torch.dtype, copy_gbs: float) -> None:
+    """Time the forward kernels alone for each candidate tile (and the flat kernels), print GB/s.
+
+    reduce: reads |x|; scale: reads |x|, writes |x|. ``triton.testing.do_bench`` (median, L2
+    flushed between calls)."""
+    import triton.testing
+
+    from mlca.attention import mlca_triton as mt
+
+    saved_algo, saved_tuning, saved_cols = mt.ALGO, dict(mt.TUNING), mt.NCHW_COLS
+    try:
+        for shape in TUNE_SHAPES:
+            for cl in (False, True):
+                fmt = torch.channels_last if cl else torch.contiguous_format
+                x = torch.randn(shape, device="cuda").to(dtype).contiguous(memory_format=fmt)
+                small = torch.rand(shape[0], shape[1], 5, 5, device="cuda")
+                nb = x.numel() * x.element_size()
+                lay = "cl" if cl else "nchw"
+                print(f"tune {shape} {lay} {dtype}", flush=True)
+                results = []
+                mt.ALGO = "flat"
+                for kern, fn, nbytes in (("reduce", lambda: mt._bin_reduce(x, None, 5, False, None), nb),
+                                         ("scale", lambda: mt._scale(x, small, None, x, False, None), 2 * nb)):
+                    ms = triton.testing.do_bench(fn, return_mode="median")
+                    results.append((kern, "flat", ms, nbytes / ms / 1e6))
+                mt.ALGO = "rows"
+                variants = [("reduce", nb, True), ("scale", 2 * nb, True)]
+                if not cl:  # the NCHW scale with and without the W-upsampled maps
+                    variants.append(("scale", 2 * nb, False))
+                for kern, nbytes, cols in variants:
+                    mt.NCHW_COLS = cols
+                    for cand in TUNE_CANDIDATES[f"{kern}_{lay}"]:
+                        mt.TUNING[f"{kern}_{lay}"] = cand
+                        fn = ((lambda: mt._bin_reduce(x, None, 5, False, None)) if kern == "reduce"
+                              else (lambda: mt._scale(x, small, None, x, False, None)))
+                        try:
+                            ms = triton.testing.do_bench(fn, return_mode="median")
+                        except Exception as e:  # a tile that does not compile (resources)
+                            print(f"  {kern} {cand}: failed {type(e).__name__}: {e}"[:200])
+                            continue
+                        label = str(cand) + ("" if cols else " gather")
+                        results.append((kern, label, ms, nbytes / ms / 1e6))
+                    mt.TUNING.update(saved_tuning)
+                mt.NCHW_COLS = saved_cols
+                for kern, cand, ms, gbs in results:
+                    print(f"  {kern:<6} {cand:<25} {ms * 1e3:9.1f} us {gbs:8.0f} GB/s "
+                          f"{100 * gbs / copy_gbs:5.0f}% copy", flush=True)
+                del x
+    finally:
+        mt.ALGO, mt.NCHW_COLS = saved_algo, saved_cols
+        mt.TUNING.update(saved_tuning)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
@@ -271,6 +336,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile of the seed")
     p.add_argument("--no-large", action="store_true", help="skip the 32x256x160x160 shape")
+    p.add_argument("--tune", action="store_true",
+                   help="time the Triton kernels alone for several tile shapes, then exit")
+    p.add_argument("--algo", choices=("rows", "flat"), default=None,
+                   help="which Triton kernels mlca_triton uses (default: its ALGO)")
     p.add_argument("--interpret-check", action="store_true",
                    help="no GPU: run all code paths on the CPU via TRITON_INTERPRET=1 (tiny shape)")
     args = p.parse_args(argv)
@@ -291,7 +360,11 @@ def main(argv: list[str] | None = None) -> int:
         shapes = YOLO_SHAPES + ([] if args.no_large else LARGE_SHAPES)
         reps, warmup, compile_seed, copy_nbytes = args.reps, args.warmup, not args.no_compile, 2**30
 
+    from mlca.attention import mlca_triton as mt
     from mlca.attention.mlca_triton import triton_available
+
+    if args.algo is not None:
+        mt.ALGO = args.algo
 
     triton_ok = triton_available()
     if not triton_ok:
@@ -300,8 +373,12 @@ def main(argv: list[str] | None = None) -> int:
     copy_gbs = copy_bandwidth_gbs(device, timer, copy_nbytes)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU, Triton INTERPRETER (timings meaningless)"
     print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, torch {torch.__version__}, "
+          f"triton {mt.triton.__version__ if mt.triton else '-'}, kernels {mt.ALGO!r}, "
           f"{name}, {args.dtype}, {'channels_last' if args.channels_last else 'NCHW'}, median of {reps}; "
           f"copy reference {copy_gbs:.4g} GB/s")
+    if args.tune:
+        tune(dtype, copy_gbs)
+        return 0
     contenders = make_contenders(device, dtype, compile_seed, triton_ok)
     rows: list[Row] = []
     for shape in shapes:

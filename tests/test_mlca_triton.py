@@ -1,6 +1,8 @@
 """The fused Triton MLCA path (issue 7) against a float64 reference written from the definition.
 
-There is no GPU here, so the kernels run on CPU tensors through Triton's interpreter.
+Most tests run the kernels on CPU tensors through Triton's interpreter, so they need no GPU.
+The ``test_cuda_*`` tests run the compiled kernels on a CUDA device with the same float64
+reference (computed on the CPU) and are skipped where there is none.
 
 How TRITON_INTERPRET is scoped: an autouse fixture sets it with ``monkeypatch.setenv`` for each
 test of this file only and restores it afterwards, so other test files sharing the pytest-xdist
@@ -194,6 +196,17 @@ def test_half_precision_inputs(dtype, tol, cl):
     _assert_matches(got, _reference_grads(x, wg, wl, 3, 0.5, g), rtol=tol, atol=tol, wrtol=1e-4)
 
 
+@pytest.mark.parametrize("algo,cols", [("rows", False), ("flat", False)])
+def test_other_kernel_variants_match_reference(monkeypatch, algo, cols):
+    """The variants the benchmark compares: NCHW scale with per-element gathers, flat kernels."""
+    monkeypatch.setattr(mt, "ALGO", algo)
+    monkeypatch.setattr(mt, "NCHW_COLS", cols)
+    for B, C, H, W, L, k, cl, blocks in (CASES[0], CASES[2], CASES[8]):
+        x, wg, wl, g = _inputs(B, C, H, W, k, channels_last=cl, seed=9)
+        got = _run(x, wg, wl, L, 0.3, g, blocks)
+        _assert_matches(got, _reference_grads(x, wg, wl, L, 0.3, g), rtol=2e-5, atol=2e-6)
+
+
 def test_gradient_with_other_strides_than_x():
     """grad_output laid out differently from x (NCHW x, channels_last g) and a non-dense x."""
     x, wg, wl, g = _inputs(1, 5, 6, 7, 3, seed=4)
@@ -318,7 +331,8 @@ def test_gpu_benchmark_code_paths_on_the_interpreter(capsys, monkeypatch):
 
 
 # The (B, C, L, L) maps are float32 whatever x's dtype.
-_FP32_POINTERS = {"_triton_bin_reduce": {"out_ptr"}, "_triton_scale": {"small_ptr", "add_ptr"}}
+_FP32_POINTERS = {"_triton_bin_reduce": {"out_ptr"}, "_triton_scale": {"small_ptr", "add_ptr"},
+                  "_triton_bin_reduce_rows": {"out_ptr"}, "_triton_scale_rows": {"small_ptr", "add_ptr"}}
 
 
 def _signature(kernel: str, dtype: str, constexprs: dict) -> dict:
@@ -342,6 +356,9 @@ def _signature(kernel: str, dtype: str, constexprs: dict) -> dict:
         ("_triton_bin_reduce", "fp32", dict(MODE=0, BLOCK_C=8, BLOCK_S=128, LP=8, A_DENSE=True, B_DENSE=True)),
         ("_triton_bin_reduce", "bf16", dict(MODE=1, BLOCK_C=64, BLOCK_S=16, LP=8, A_DENSE=False, B_DENSE=True)),
         ("_triton_scale", "fp16", dict(HAS_ADD=True, SPAN_H=2, SPAN_W=3, BLOCK_C=4, BLOCK_S=256, V_DENSE=True, O_DENSE=False)),
+        ("_triton_bin_reduce_rows", "bf16", dict(MODE=1, BLOCK_C=64, BLOCK_W=16, LP=8)),
+        ("_triton_bin_reduce_rows", "fp32", dict(MODE=0, BLOCK_C=8, BLOCK_W=128, LP=8)),
+        ("_triton_scale_rows", "fp16", dict(HAS_ADD=True, SPAN_H=2, SPAN_W=3, BLOCK_C=4, BLOCK_W=256, ROWS=4)),
     ],
 )
 def test_kernels_compile_for_a_gpu_without_one(kernel, dtype, constexprs):
@@ -356,3 +373,84 @@ def test_kernels_compile_for_a_gpu_without_one(kernel, dtype, constexprs):
                     constexprs=constexprs)
     compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32))
     assert compiled.asm["cubin"]  # a loadable binary came out of ptxas
+
+
+# ------------------------------------------------------------------------------------------
+# The compiled kernels on a real GPU (skipped without CUDA): same float64 reference, CPU-side.
+# ------------------------------------------------------------------------------------------
+
+_needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+# (B, C, H, W, L, k, channels_last, dtype, rtol/atol): the interpreter's edge cases plus YOLO
+# sizes whose tiles the default block sizes do not divide.
+CUDA_CASES = [
+    (2, 6, 7, 9, 3, 3, False, torch.float32, 2e-5),
+    (1, 5, 2, 3, 5, 3, True, torch.float32, 2e-5),
+    (1, 3, 1, 1, 7, 3, False, torch.float32, 2e-5),
+    (1, 10, 13, 11, 7, 3, False, torch.float32, 2e-5),
+    (1, 70, 6, 3, 3, 3, True, torch.float32, 2e-5),
+    (2, 64, 80, 80, 5, 3, False, torch.float32, 2e-5),
+    (2, 64, 80, 80, 5, 3, True, torch.float32, 2e-5),
+    (1, 96, 37, 301, 5, 5, False, torch.float32, 2e-5),  # W > the widest tile: several chunks
+    (2, 128, 40, 40, 5, 3, False, torch.float16, 2e-3),
+    (2, 256, 20, 20, 5, 5, True, torch.bfloat16, 1.6e-2),
+]
+
+
+@_needs_cuda
+@pytest.mark.parametrize("algo,cols", [("rows", True), ("rows", False), ("flat", False)])
+@pytest.mark.parametrize("B,C,H,W,L,k,cl,dtype,tol", CUDA_CASES)
+def test_cuda_compiled_kernels_match_reference(monkeypatch, algo, cols, B, C, H, W, L, k, cl, dtype, tol):
+    monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.setattr(mt, "ALGO", algo)
+    monkeypatch.setattr(mt, "NCHW_COLS", cols)
+    x, wg, wl, g = _inputs(B, C, H, W, k, dtype=dtype, channels_last=cl, seed=B * C + H + W)
+    dev = torch.device("cuda")
+    # Poison the allocator's free blocks so an unwritten output element cannot pass as zero.
+    torch.empty(4 * x.numel(), device=dev).fill_(float("nan"))
+    got = _run(x.to(dev), wg.to(dev), wl.to(dev), L, 0.3, g.to(dev))
+    assert all(t.is_cuda for t in got)
+    wrtol = 1e-5 if dtype == torch.float32 else 1e-4
+    _assert_matches([t.cpu() for t in got], _reference_grads(x, wg, wl, L, 0.3, g),
+                    rtol=tol, atol=tol, wrtol=wrtol)
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    assert got[0].is_contiguous(memory_format=fmt) and got[1].is_contiguous(memory_format=fmt)
+
+
+@_needs_cuda
+def test_cuda_deterministic_bit_identical_gradients(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET")
+    x, wg, wl, g = _inputs(4, 128, 40, 40, 5, seed=11)
+    x, wg, wl, g = (t.cuda() for t in (x, wg, wl, g))
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        first = _run(x, wg, wl, 5, 0.5, g)
+        second = _run(x, wg, wl, 5, 0.5, g)
+    finally:
+        torch.use_deterministic_algorithms(was)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@_needs_cuda
+def test_cuda_auto_backend_takes_the_triton_path(monkeypatch):
+    """MLCA(backend='auto') on a CUDA float tensor runs mlca_triton and agrees with 'torch'."""
+    monkeypatch.delenv("TRITON_INTERPRET")
+    mlca_mod = pytest.importorskip("mlca.attention.mlca")
+    calls = []
+    real = mt.mlca_triton
+
+    def spy(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mt, "mlca_triton", spy)
+    torch.manual_seed(8)
+    auto = mlca_mod.MLCA(64, backend="auto").cuda()
+    ref = mlca_mod.MLCA(64, backend="torch").cuda()
+    ref.load_state_dict(auto.state_dict())
+    x = torch.randn(2, 64, 33, 47, device="cuda")
+    out = auto(x)
+    assert calls == [x.shape]
+    torch.testing.assert_close(out, ref(x), rtol=1e-5, atol=1e-5)

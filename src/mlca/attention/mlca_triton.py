@@ -223,6 +223,140 @@ def _triton_scale(
     tl.store(out_ptrs, res.to(out_ptr.dtype.element_ty), mask=m2)
 
 
+def _triton_bin_reduce_rows(
+    a_ptr, b_ptr, out_ptr,
+    C, H, W, L, n_cblk,
+    sa_b, sa_c, sa_h, sa_w,
+    sb_b, sb_c, sb_h, sb_w,
+    MODE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr, LP: tl.constexpr,
+):
+    """Same result as ``_triton_bin_reduce``, walking the bin row as 2-D (channel, column) tiles.
+
+    For each chunk of BLOCK_W columns the pixel rows are summed elementwise into a register
+    tile (no cross-thread work inside the row loop); the tile is reduced to the LP bins once
+    per chunk. Addresses are ``h * s_h + w * s_w``: Triton specialises a stride of 1, so NCHW
+    rows load as wide vectors and channels_last tiles coalesce along channels.
+    """
+    pid = tl.program_id(0)
+    i = pid % L
+    rest = pid // L
+    cb = rest % n_cblk
+    bi = (rest // n_cblk).to(tl.int64)
+
+    hs = (i * H) // L
+    he = ((i + 1) * H + L - 1) // L
+    offs_c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    j = tl.arange(0, LP)
+    a_base = a_ptr + bi * sa_b + offs_c[:, None].to(tl.int64) * sa_c
+    b_base = b_ptr + bi * sb_b + offs_c[:, None].to(tl.int64) * sb_c
+
+    acc = tl.full((BLOCK_C, LP), 0.0, tl.float32)
+    for w0 in range(0, W, BLOCK_W):
+        w = w0 + tl.arange(0, BLOCK_W)
+        mask_w = w < W
+        m2 = mask_c[:, None] & mask_w[None, :]
+        a_w = a_base + (w * sa_w)[None, :]
+        b_w = b_base + (w * sb_w)[None, :]
+        rows = tl.full((BLOCK_C, BLOCK_W), 0.0, tl.float32)
+        for h in range(hs, he):
+            v = tl.load(a_w + h * sa_h, mask=m2, other=0.0).to(tl.float32)
+            if MODE == 1:
+                g = tl.load(b_w + h * sb_h, mask=m2, other=0.0).to(tl.float32)
+                # U[h, i] = 1 / (number of source rows that row h averages).
+                nr = ((h + 1) * L + H - 1) // H - (h * L) // H
+                v = v * g * (1.0 / nr.to(tl.float32))
+            rows += v
+        q0 = (w * L) // W
+        q1 = ((w + 1) * L + W - 1) // W
+        if MODE == 1:
+            rows = rows * (1.0 / (q1 - q0).to(tl.float32))[None, :]
+        # Select, not multiply by a 0/1 weight: 0 * inf = nan would leak into other bins.
+        in_bin = (j[None, :] >= q0[:, None]) & (j[None, :] < q1[:, None]) & mask_w[:, None]
+        acc += tl.reduce(tl.where(in_bin[None, :, :], rows[:, :, None], 0.0), 1,
+                         tl.standard._sum_combine)
+
+    if MODE == 0:
+        ws = (j * W) // L
+        we = ((j + 1) * W + L - 1) // L
+        cnt = ((he - hs) * (we - ws)).to(tl.float32)
+        acc = acc / tl.where(j < L, cnt, 1.0)[None, :]
+
+    out_off = ((bi * C + offs_c[:, None]) * L + i) * L + j[None, :]
+    tl.store(out_ptr + out_off, acc, mask=mask_c[:, None] & (j[None, :] < L))
+
+
+def _triton_scale_rows(
+    v_ptr, small_ptr, add_ptr, out_ptr,
+    C, H, W, L, n_cblk, n_hblk, n_wblk,
+    sv_b, sv_c, sv_h, sv_w,
+    so_b, so_c, so_h, so_w,
+    sm_b, sm_c, sm_r, sm_q,
+    HAS_ADD: tl.constexpr, SPAN_H: tl.constexpr, SPAN_W: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
+):
+    """Same result as ``_triton_scale`` on (channel, column) tiles, ROWS pixel rows per program.
+
+    The column bins (q0, q1, their count) are computed once per program and the row bins once
+    per row, instead of two integer divisions and four bin bounds per element.
+    COLS: small and add are given already upsampled (resp. gathered) along W, shape
+    (B, C, L, W) with strides sm_*; only the rows are combined here.
+    """
+    pid = tl.program_id(0)
+    wb = pid % n_wblk
+    rest = pid // n_wblk
+    hb = rest % n_hblk
+    rest = rest // n_hblk
+    cb = rest % n_cblk
+    bi = (rest // n_cblk).to(tl.int64)
+
+    offs_c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    w = wb * BLOCK_W + tl.arange(0, BLOCK_W)
+    mask_w = w < W
+    q0 = (w * L) // W
+    q1 = ((w + 1) * L + W - 1) // W
+    inv_q = 1.0 / (q1 - q0).to(tl.float32)
+    small_base = small_ptr + bi * sm_b + offs_c[:, None] * sm_c
+    add_base = add_ptr + bi * sm_b + offs_c[:, None] * sm_c
+    v_base = v_ptr + bi * sv_b + offs_c[:, None].to(tl.int64) * sv_c + (w * sv_w)[None, :]
+    o_base = out_ptr + bi * so_b + offs_c[:, None].to(tl.int64) * so_c + (w * so_w)[None, :]
+
+    for hh in range(ROWS):
+        h = hb * ROWS + hh
+        m2 = mask_c[:, None] & mask_w[None, :] & (h < H)
+        r0 = (h * L) // H
+        r1 = ((h + 1) * L + H - 1) // H
+        att = tl.full((BLOCK_C, BLOCK_W), 0.0, tl.float32)
+        extra = tl.full((BLOCK_C, BLOCK_W), 0.0, tl.float32)
+        if COLS:
+            # small/add are already upsampled along W: (B, C, L, W), contiguous along w, so
+            # these loads are as wide as the load of v (one gather per element per bin is
+            # what limited the NCHW kernel: the load units, not the memory).
+            for dr in tl.static_range(SPAN_H):
+                mb = m2 & (r0 + dr < r1)
+                idx = (r0 + dr) * sm_r + (w * sm_q)[None, :]
+                att += tl.load(small_base + idx, mask=mb, other=0.0)
+                if HAS_ADD:
+                    extra += tl.load(add_base + idx, mask=mb, other=0.0)
+            att = att * (1.0 / (r1 - r0).to(tl.float32))
+        else:
+            for dr in tl.static_range(SPAN_H):
+                for dq in tl.static_range(SPAN_W):
+                    q = q0 + dq
+                    mb = m2 & (r0 + dr < r1) & (q < q1)[None, :]
+                    idx = (r0 + dr) * sm_r + (q * sm_q)[None, :]
+                    att += tl.load(small_base + idx, mask=mb, other=0.0)
+                    if HAS_ADD:
+                        extra += tl.load(add_base + idx, mask=mb, other=0.0)
+            att = att * (inv_q[None, :] / (r1 - r0).to(tl.float32))
+        v = tl.load(v_base + h * sv_h, mask=m2, other=0.0)
+        res = v.to(tl.float32) * att
+        if HAS_ADD:
+            res = res + extra
+        tl.store(o_base + h * so_h, res.to(out_ptr.dtype.element_ty), mask=m2)
+
+
 _KERNEL_CACHE: dict[tuple[str, bool], Callable] = {}
 
 
@@ -295,15 +429,82 @@ def _bin_counts(n: int, L: int, device: torch.device) -> Tensor:
     return (((i + 1) * n + L - 1) // L - (i * n) // L).to(torch.float32)
 
 
+# Tile shapes and warps of the row kernels, per kernel and layout of the big tensor.
+# "reduce": (BLOCK_C, BLOCK_W, num_warps); "scale": (BLOCK_C, BLOCK_W, ROWS, num_warps).
+# For NCHW, BLOCK_W shrinks to the next power of two of W and BLOCK_C grows to keep the tile.
+# Values picked by ``benchmarks/bench_mlca_gpu.py --tune`` on an H100 (docs/triton.md).
+TUNING: dict[str, tuple[int, ...]] = {
+    "reduce_nchw": (4, 128, 4),
+    "reduce_cl": (64, 16, 4),
+    "scale_nchw": (4, 256, 8, 4),
+    "scale_cl": (128, 16, 2, 8),
+}
+# "rows": the (channel, column)-tile kernels; "flat": the flat-pixel kernels. Kept switchable
+# for the benchmark's comparison.
+ALGO = "rows"
+# NCHW scale: upsample the small maps along W first (tiny (B, C, L, W) tensors), so that the
+# kernel's attention loads are contiguous instead of one gather per element and bin.
+NCHW_COLS = True
+
+
+@lru_cache(maxsize=64)
+def _col_index(W: int, L: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """For the upsampling L -> W: source bin of each (tap, w) (flat, (SPAN*W,)), whether that
+    tap is used (SPAN, W), and 1 / number of source bins (W,)."""
+    w = torch.arange(W)
+    q0, q1 = (w * L) // W, ((w + 1) * L + W - 1) // W
+    q = q0[None, :] + torch.arange(_span(W, L))[:, None]
+    valid = q < q1[None, :]
+    q = torch.where(valid, q, q0[None, :])
+    return (q.reshape(-1).to(device), valid.to(device),
+            (1.0 / (q1 - q0).to(torch.float32)).to(device))
+
+
+def _cols(m: Tensor, W: int, mean: bool) -> Tensor:
+    """(B, C, L, L) -> (B, C, L, W): mean (upsampling) or sum (pooling adjoint) over the source
+    bins of each column. A select, not a 0/1 product, so a non-finite value stays in place."""
+    B, C, L, _ = m.shape
+    idx, valid, inv = _col_index(W, L, m.device)
+    g = m.index_select(3, idx).view(B, C, L, valid.shape[0], W)
+    out = torch.where(valid, g, 0.0).sum(3)
+    return out * inv if mean else out
+
+
+def _row_tile(x: Tensor, key: str, lp: int) -> tuple[int, ...]:
+    C, W = x.shape[1], x.shape[3]
+    if _is_channels_last(x):
+        cfg = TUNING[key + "_cl"]
+        bc = min(cfg[0], triton.next_power_of_2(C))
+        bw = cfg[1]
+    else:
+        cfg = TUNING[key + "_nchw"]
+        bw = min(cfg[1], triton.next_power_of_2(W))
+        bc = min(max(1, cfg[0] * cfg[1] // bw), triton.next_power_of_2(C))
+    if key == "reduce":  # the (BLOCK_C, BLOCK_W, LP) select must stay in registers
+        while bc * bw * lp > 16384 and bc > 1:
+            bc //= 2
+    return (bc, bw, *cfg[2:])
+
+
 def _bin_reduce(a: Tensor, b: Tensor | None, L: int, interpret: bool,
                 blocks: tuple[int, int] | None) -> Tensor:
     """Mode 0 (b None): (B, C, L, L) bin means of a. Mode 1: U^T (a*b) U. float32."""
     B, C, H, W = a.shape
     out = torch.empty((B, C, L, L), device=a.device, dtype=torch.float32)
     lp = triton.next_power_of_2(L)
+    other = a if b is None else b
+    if ALGO == "rows":
+        bc, bw, warps = _row_tile(a, "reduce", lp)
+        if blocks is not None:
+            bc, bw = blocks
+        n_cblk = triton.cdiv(C, bc)
+        _kernel(_triton_bin_reduce_rows, interpret)[(B * n_cblk * L,)](
+            a, other, out, C, H, W, L, n_cblk, *a.stride(), *other.stride(),
+            MODE=0 if b is None else 1, BLOCK_C=bc, BLOCK_W=bw, LP=lp, num_warps=warps,
+        )
+        return out
     bc, bs = _blocks(a, True, lp, blocks)
     n_cblk = triton.cdiv(C, bc)
-    other = a if b is None else b
     _kernel(_triton_bin_reduce, interpret)[(B * n_cblk * L,)](
         a, other, out, C, H, W, L, n_cblk,
         *a.stride(), *other.stride(),
@@ -324,6 +525,22 @@ def _scale(v: Tensor, small: Tensor, add: Tensor | None, like: Tensor, interpret
     add = None if add is None else add.contiguous(memory_format=fmt)
     assert add is None or add.stride() == small.stride()
     out = torch.empty_like(like)  # preserve_format: channels_last in, channels_last out
+    if ALGO == "rows":
+        bc, bw, rows, warps = _row_tile(v, "scale", 1)
+        if blocks is not None:
+            bc, bw = blocks
+        cols = NCHW_COLS and fmt == torch.contiguous_format
+        if cols:
+            small = _cols(small, W, True)
+            add = None if add is None else _cols(add, W, False)
+        n_cblk, n_hblk, n_wblk = triton.cdiv(C, bc), triton.cdiv(H, rows), triton.cdiv(W, bw)
+        _kernel(_triton_scale_rows, interpret)[(B * n_cblk * n_hblk * n_wblk,)](
+            v, small, small if add is None else add, out, C, H, W, L, n_cblk, n_hblk, n_wblk,
+            *v.stride(), *out.stride(), *small.stride(),
+            HAS_ADD=add is not None, SPAN_H=_span(H, L), SPAN_W=_span(W, L), BLOCK_C=bc,
+            BLOCK_W=bw, ROWS=rows, COLS=cols, num_warps=warps,
+        )
+        return out
     bc, bs = _blocks(v, False, 1, blocks)
     n_cblk = triton.cdiv(C, bc)
     n_sblk = triton.cdiv(H * W, bs)
@@ -348,6 +565,18 @@ def _middle(local: Tensor, w_global: Tensor, w_local: Tensor, local_weight: floa
     sequence; the global vector is the mean of the L x L bins (not the global mean of x,
     which differs when bins overlap).
     """
+    with _no_tf32():
+        return _middle_body(local, w_global, w_local, local_weight)
+
+
+def _no_tf32():
+    """cuDNN runs float32 convolutions in TF32 by default (10-bit mantissa); the path is exact."""
+    b = torch.backends.cudnn
+    return b.flags(enabled=b.enabled, benchmark=b.benchmark, deterministic=b.deterministic,
+                   allow_tf32=False)
+
+
+def _middle_body(local: Tensor, w_global: Tensor, w_local: Tensor, local_weight: float) -> Tensor:
     B, C, L, _ = local.shape
     seq = local.reshape(B, C, L * L).transpose(1, 2).reshape(B, 1, L * L * C)
     y_local = F.conv1d(seq, w_local, padding=(w_local.shape[-1] - 1) // 2)
@@ -381,7 +610,7 @@ class _MLCATritonFunction(torch.autograd.Function):
         # Pass 1 over (g, x): dLoss/d att_small = U_h^T (g * x) U_w.
         d_small = _bin_reduce(grad_out, x, L, ctx.interpret, ctx.blocks)
         # The middle's backward by autograd on a recomputed (tiny) graph.
-        with torch.enable_grad():
+        with torch.enable_grad(), _no_tf32():
             loc = local.detach().requires_grad_(need_x)
             wg = w_global.detach().float().requires_grad_(need_wg)
             wl = w_local.detach().float().requires_grad_(need_wl)
