@@ -158,7 +158,7 @@ def test_cli_export_then_predict_gives_the_same_detections(tmp_path):
     model = tiny("mlca" if "mlca" in list_attentions() else "eca")
     with torch.no_grad():  # a confident head so that some boxes pass the threshold
         for conv in model.detect.m:
-            conv.bias.view(3, 8)[:, 4:].add_(3.0)
+            conv.bias.view(3, 8)[:, 4:].add_(6.0)
     ckpt = tmp_path / "best.pt"
     torch.save({"model_config": model.config, "model": model.state_dict(), "ema": None, "names": NAMES}, ckpt)
     assert main(["export", "--weights", str(ckpt), "--format", "onnx", "--img-size", "96", "--dynamic"]) == 0
@@ -172,3 +172,28 @@ def test_cli_export_then_predict_gives_the_same_detections(tmp_path):
     assert len(det_pt[0]) > 0
     assert det_onnx[0].shape == det_pt[0].shape
     torch.testing.assert_close(det_onnx[0], det_pt[0], atol=2e-2, rtol=1e-4)  # boxes in original pixels
+
+
+@pytest.mark.slow
+def test_nms_export_gives_the_engines_detections(tmp_path):
+    """--nms: NonMaxSuppression in the graph equals the engine's NMS on the PyTorch outputs."""
+    from mlca.deploy.onnxrt import OnnxBackend
+    from mlca.engine.postprocess import non_max_suppression
+
+    model = tiny("eca")
+    with torch.no_grad():  # confident enough that hundreds of boxes compete in NMS
+        for conv in model.detect.m:
+            conv.bias.view(3, 8)[:, 4:].add_(6.0)
+    path = tmp_path / "nms.onnx"
+    export_onnx(model, path, 96, dynamic=True, nms=True, conf=0.3, iou=0.5, max_det=100)
+    backend = OnnxBackend(path)
+    assert backend.nms == {"conf": 0.3, "iou": 0.5, "max_det": 100}
+    x = photo_batch(2, 96, 128)
+    with torch.no_grad():
+        expected = non_max_suppression(model(x), 0.3, 0.5, max_det=100)
+    got = backend.detect(x)
+    assert [len(d) for d in got] == [len(d) for d in expected] and len(got[0]) > 0
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, atol=1e-2, rtol=1e-4)
+    with pytest.raises(ValueError, match="--nms"):
+        backend(x)

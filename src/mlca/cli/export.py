@@ -19,6 +19,11 @@ def add_parser(subparsers, name: str = "export", help: str | None = None) -> arg
     p.add_argument("--img-size", type=int, default=640, help="input size (a multiple of 32)")
     p.add_argument("--dynamic", action="store_true", help="ONNX: dynamic batch, height and width")
     p.add_argument("--half", action="store_true", help="float16 weights and arithmetic (float32 in/out)")
+    p.add_argument("--nms", action="store_true",
+                   help="ONNX: class-aware NMS in the graph; output (K, 7) [image, x1, y1, x2, y2, score, class]")
+    p.add_argument("--conf", type=float, default=0.25, help="with --nms: score threshold")
+    p.add_argument("--iou", type=float, default=0.45, help="with --nms: IoU threshold")
+    p.add_argument("--max-det", type=int, default=300, help="with --nms: detections per image")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 18)")
     p.add_argument("--out", default=None, help="output file (default: next to the weights, .onnx / .torchscript)")
     p.add_argument("--check-images", nargs="*", default=None,
@@ -38,8 +43,11 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(weights)
         if args.format == "onnx":
             report = export_onnx(model, out, args.img_size, dynamic=args.dynamic, half=args.half,
-                                 opset=args.opset, check_images=args.check_images)
+                                 opset=args.opset, check_images=args.check_images, nms=args.nms,
+                                 conf=args.conf, iou=args.iou, max_det=args.max_det)
         else:
+            if args.nms or args.dynamic:
+                raise ValueError("--nms and --dynamic are ONNX options (a TorchScript trace follows the input size)")
             report = export_torchscript(model, out, args.img_size, half=args.half, check_images=args.check_images)
     except (ExportError, CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"mlca export: error: {e}", file=sys.stderr)

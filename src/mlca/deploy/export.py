@@ -144,6 +144,21 @@ def _compare(out: torch.Tensor, ref: torch.Tensor, tol: dict[str, float], what: 
     return res
 
 
+def _compare_nms(out: torch.Tensor, ref: torch.Tensor, tol: dict[str, float], what: str, shape) -> dict[str, Any]:
+    """(K, 7) detections [image, x1, y1, x2, y2, score, class]: same rows, boxes and scores within tolerance."""
+    if out.shape != ref.shape:
+        raise ExportError(
+            f"{what}: {out.shape[0]} detections from onnxruntime, {ref.shape[0]} from PyTorch at input {shape}"
+        )
+    if not torch.equal(out[:, [0, 6]], ref[:, [0, 6]]):
+        raise ExportError(f"{what}: image/class columns differ from PyTorch at input {shape}")
+    # detections carry probabilities in column 5: reuse the row check with (boxes, score)
+    res = _compare(out[None, :, 1:6], ref[None, :, 1:6], tol, what, shape) if len(out) else \
+        {"shape": shape, "box_err": 0.0, "prob_err": 0.0}
+    res["detections"] = int(out.shape[0])
+    return res
+
+
 def _prepare(model: nn.Module, half: bool) -> tuple[nn.Module, nn.Module, dict[str, float]]:
     """(reference float32 eval model on CPU, model to export, tolerance)."""
     ref = copy.deepcopy(model).float().cpu().eval()
@@ -167,6 +182,10 @@ def export_onnx(
     names: Sequence[str] | None = None,
     check_images: Sequence[str | os.PathLike] | None = None,
     tolerance: dict[str, float] | None = None,
+    nms: bool = False,
+    conf: float = 0.25,
+    iou: float = 0.45,
+    max_det: int = 300,
 ) -> ExportReport:
     """Export ``model`` (MAY, eval outputs) to ONNX with the dynamo exporter, check it, write it.
 
@@ -180,6 +199,9 @@ def export_onnx(
         names: class names for the metadata (default ``model.names``).
         check_images: image files for the onnxruntime check (default: a real VOC photo).
         tolerance: override :data:`TOLERANCES`.
+        nms: put class-aware NMS in the graph (:mod:`mlca.deploy.nms`); the output is then
+            ``(K, 7)`` rows ``[image, x1, y1, x2, y2, score, class]`` instead of ``(B, N, 5 + nc)``.
+        conf, iou, max_det: the NMS settings baked into the graph (with ``nms``).
 
     Returns:
         :class:`ExportReport`. Raises :class:`ExportError` on any failure (no file left).
@@ -196,7 +218,13 @@ def export_onnx(
     shapes = check_sizes(img_size, dynamic)
     ref, target, tol = _prepare(model, half)
     tol = {**tol, **(tolerance or {})}
-    what = f"ONNX export of {_describe(ref)}"
+    what = f"ONNX export of {_describe(ref)}" + (" with NMS" if nms else "")
+    translation = None
+    if nms:
+        from .nms import DetectWithNMS, onnx_translation_table
+
+        target, ref = DetectWithNMS(target, conf, iou, max_det), DetectWithNMS(ref, conf, iou, max_det)
+        translation = onnx_translation_table()
     # batch 2 in the example: torch.export specialises dimensions of size 1
     example = torch.rand(2 if dynamic else 1, 3, img_size, img_size)
     dynamic_shapes = None
@@ -214,7 +242,8 @@ def export_onnx(
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 target, (example,), dynamo=True, opset_version=opset, dynamic_shapes=dynamic_shapes,
-                input_names=["images"], output_names=["output"], verbose=False,
+                input_names=["images"], output_names=["detections" if nms else "output"], verbose=False,
+                custom_translation_table=translation,
             )
         proto = program.model_proto
     except Exception as e:  # the exporters raise many types; all mean "cannot export"
@@ -222,7 +251,11 @@ def export_onnx(
         raise ExportError(
             f"{what} failed: {type(e).__name__}: {' '.join(msg[:6])[:1500]}"
         ) from e
-    for key, value in _metadata(ref, img_size, dynamic, half, names).items():
+    meta = _metadata(ref.model if nms else ref, img_size, dynamic, half, names)
+    if nms:
+        meta["nms"] = json.dumps({"conf": conf, "iou": iou, "max_det": max_det})
+        meta["output"] = "(K, 7): image index, x1, y1, x2, y2 (input pixels), score, class"
+    for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     try:
@@ -245,10 +278,11 @@ def export_onnx(
             with torch.no_grad():
                 expected = ref(x)
             try:
-                got = backend(x)
+                got = backend.run(x)
             except Exception as e:
                 raise ExportError(f"{what}: onnxruntime failed at input {(b, 3, h, w)}: {e}") from e
-            report.checks.append(_compare(got, expected, tol, what, (b, 3, h, w)))
+            compare = _compare_nms if nms else _compare
+            report.checks.append(compare(got, expected, tol, what, (b, 3, h, w)))
     report.seconds = time.time() - t0
     return report
 

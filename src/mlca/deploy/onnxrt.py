@@ -76,9 +76,35 @@ class OnnxBackend:
         self._fixed_hw = (h, w) if isinstance(h, int) and isinstance(w, int) else None
         self._fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
         self.stride = int(meta.get("stride", 32))
+        # exports with --nms give final detections, not the (B, N, 5 + nc) head output
+        self.nms: dict | None = json.loads(meta["nms"]) if meta.get("nms") else None
 
     def __call__(self, imgs: torch.Tensor) -> torch.Tensor:
         """imgs: (B, 3, H, W) float in [0, 1] -> (B, N, 5 + nc) float32 on the CPU."""
+        if self.nms is not None:
+            raise ValueError(
+                f"{self.path.name} was exported with --nms and returns final detections; use "
+                "OnnxBackend.detect(imgs), or export without --nms for mlca predict / val"
+            )
+        return self.run(imgs)
+
+    def detect(
+        self, imgs: torch.Tensor, conf: float = 0.25, iou: float = 0.45, max_det: int = 300
+    ) -> list[torch.Tensor]:
+        """imgs (B, 3, H, W) -> B tensors (n, 6) [x1, y1, x2, y2, score, class] in input pixels.
+
+        NMS exports apply the NMS settings stored in the file (``conf``/``iou``/``max_det``
+        are ignored); raw exports go through :func:`mlca.engine.postprocess.non_max_suppression`.
+        """
+        if self.nms is None:
+            from mlca.engine.postprocess import non_max_suppression
+
+            return non_max_suppression(self.run(imgs), conf, iou, max_det=max_det)
+        det = self.run(imgs)
+        return [det[det[:, 0] == b, 1:] for b in range(imgs.shape[0])]
+
+    def run(self, imgs: torch.Tensor) -> torch.Tensor:
+        """The graph's output as a float32 tensor: (B, N, 5 + nc), or (K, 7) for NMS exports."""
         if imgs.dim() != 4 or imgs.shape[1] != 3:
             raise ValueError(f"{self.path.name}: expected images (B, 3, H, W), got {tuple(imgs.shape)}")
         if self._fixed_hw is not None and tuple(imgs.shape[2:]) != self._fixed_hw:
@@ -92,6 +118,9 @@ class OnnxBackend:
         if self._fixed_batch is not None and x.shape[0] != self._fixed_batch:
             # a fixed-batch export runs image by image
             outs = [self.session.run(None, {self.input_name: x[i : i + 1]})[0] for i in range(x.shape[0])]
+            if self.nms is not None:  # image index column: per-call 0 -> position in the batch
+                for i, o in enumerate(outs):
+                    o[:, 0] = i
             return torch.from_numpy(np.concatenate(outs)).float()
         return torch.from_numpy(self.session.run(None, {self.input_name: x})[0]).float()
 
