@@ -55,7 +55,7 @@ _MOVE = {
     aten.cat, aten.stack, aten.clone, aten._to_copy, aten.copy_, aten.contiguous, aten.empty_like,
     aten.zeros_like, aten.ones_like, aten.empty, aten.empty_strided, aten.lift_fresh, aten.detach, aten.split, aten.split_with_sizes,
     aten.constant_pad_nd, aten._unsafe_view, aten.alias, aten.index_select, aten.gather, aten.index,
-    aten.arange, aten.zeros, aten.full, aten.new_zeros, aten.new_empty, aten.scalar_tensor,
+    aten.arange, aten.zeros, aten.full, aten.new_zeros, aten.new_empty, aten.scalar_tensor, aten.repeat,
 }
 
 

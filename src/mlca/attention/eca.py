@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._precision import autocast_off, gate_dtype
@@ -54,7 +55,16 @@ class ECA(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W) -> (B, C, H, W); the gate is (B, C, 1, 1)."""
         b, c = x.shape[:2]
+        k = self.kernel_size
         with autocast_off(x):
             s = torch.mean(x, dim=(2, 3), dtype=gate_dtype(x, self))  # (B, C)
-            g = torch.sigmoid(self.conv(s.unsqueeze(1)))  # (B, 1, C)
+            # the 1-D conv as k shifted, weighted copies of the zero-padded vector (k <= ~9): the
+            # same numbers as self.conv, without the conv kernel that makes inductor
+            # (torch.compile, dynamic shapes, CPU) bake the first input's strides into backward
+            sp = F.pad(s, ((k - 1) // 2, (k - 1) // 2))  # (B, C + k - 1)
+            w = self.conv.weight.view(k)
+            z = sp[:, 0:c] * w[0]
+            for j in range(1, k):
+                z = z + sp[:, j : j + c] * w[j]
+            g = torch.sigmoid(z)  # (B, C)
         return x * g.view(b, c, 1, 1).to(x.dtype)

@@ -4,6 +4,7 @@ ICASSP 2023)."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._precision import autocast_off, gate_dtype
@@ -51,20 +52,35 @@ class EMA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W) -> (B, C, H, W); per group the gate is (1, H, W)."""
-        b, ch, h, w = x.shape
-        gx = x.reshape(b * self.groups, ch // self.groups, h, w)  # (B*G, c, H, W)
+        b, _, h, w = x.shape
+        groups = self.groups
+        # the group width from the constructor, not from x.shape: a symbolic C // G trips
+        # torch.compile(dynamic=True) ("cannot determine truth value of Relational")
+        cg = self.channels // groups
+        gx = x.reshape(b * groups, cg, h, w)  # (B*G, c, H, W)
         with autocast_off(x):
-            g = gx.to(gate_dtype(x, self))
-            pooled = torch.cat([g.mean(dim=3, keepdim=True), g.mean(dim=2, keepdim=True).transpose(2, 3)], dim=2)
-            hw = self.conv1x1(pooled)  # (B*G, c, H + W, 1)
-            a_h, a_w = hw[:, :, :h], hw[:, :, h:].transpose(2, 3)
+            dtype = gate_dtype(x, self)
+            xf = x.to(dtype)
+            g = xf.reshape(b * groups, cg, h, w)
+            # both strips side by side along one axis, (B*G, c, H + W); the shared 1x1 conv on them
+            # is a matrix product (no transposes: they trip inductor's stride ordering under
+            # torch.compile(dynamic=True))
+            strips = torch.cat([g.mean(dim=3), g.mean(dim=2)], dim=2)
+            hw = torch.matmul(self.conv1x1.weight.view(cg, cg), strips) + self.conv1x1.bias.view(cg, 1)
+            a_h, a_w = hw[:, :, :h].unsqueeze(3), hw[:, :, h:].unsqueeze(2)  # (B*G, c, H, 1), (B*G, c, 1, W)
             x1 = self.gn(g * torch.sigmoid(a_h) * torch.sigmoid(a_w))  # (B*G, c, H, W)
-            x2 = self.conv3x3(g)  # (B*G, c, H, W)
+            # the shared 3x3 conv of every group as one grouped conv on x (weights repeated G
+            # times): the same numbers as conv3x3 on the (B*G, c, H, W) view, which inductor
+            # fails to compile with dynamic sizes
+            x2 = F.conv2d(
+                xf, self.conv3x3.weight.repeat(groups, 1, 1, 1), self.conv3x3.bias.repeat(groups),
+                padding=1, groups=groups,
+            ).reshape(b * groups, cg, h, w)
             s1 = torch.softmax(x1.mean(dim=(2, 3)), dim=-1).unsqueeze(1)  # (B*G, 1, c)
             s2 = torch.softmax(x2.mean(dim=(2, 3)), dim=-1).unsqueeze(1)  # (B*G, 1, c)
             wgt = torch.bmm(s1, x2.flatten(2)) + torch.bmm(s2, x1.flatten(2))  # (B*G, 1, H*W)
-            gate = torch.sigmoid(wgt).view(b * self.groups, 1, h, w)
-        out = (gx * gate.to(x.dtype)).reshape(b, ch, h, w)
+            gate = torch.sigmoid(wgt).view(b * groups, 1, h, w)
+        out = (gx * gate.to(x.dtype)).reshape(b, self.channels, h, w)
         # the grouping reshape copies a channels_last x into NCHW; give back the layout we got
         if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
             out = out.contiguous(memory_format=torch.channels_last)

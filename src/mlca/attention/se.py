@@ -12,6 +12,7 @@ Papers that "compare with SE" rarely say which one they used; the two differ in 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._precision import autocast_off, gate_dtype
@@ -80,10 +81,15 @@ class SqueezeExcite(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W) -> (B, C, H, W); the gate is (B, C, 1, 1)."""
+        b, c = x.shape[:2]
         with autocast_off(x):
-            s = torch.mean(x, dim=(2, 3), keepdim=True, dtype=gate_dtype(x, self))  # (B, C, 1, 1)
-            g = self.gate(self.fc2(self.act(self.fc1(s))))
-        return x * g.to(x.dtype)
+            s = torch.mean(x, dim=(2, 3), dtype=gate_dtype(x, self))  # (B, C)
+            # 1x1 convs on a 1x1 map are matrix products; F.linear, not the conv kernels, because
+            # a conv here makes inductor (torch.compile, dynamic shapes, CPU) bake the strides of
+            # the first input size into the backward graph
+            z = self.act(F.linear(s, self.fc1.weight.flatten(1), self.fc1.bias))
+            g = self.gate(F.linear(z, self.fc2.weight.flatten(1), self.fc2.bias))  # (B, C)
+        return x * g.view(b, c, 1, 1).to(x.dtype)
 
 
 @register_attention("se-resnet")
