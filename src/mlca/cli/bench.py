@@ -21,6 +21,8 @@ def add_parser(subparsers, name: str = "bench", help: str | None = None) -> argp
     p.add_argument("--reps", type=int, default=10, help="timed repetitions (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls first")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's setting)")
+    p.add_argument("--clock", choices=("wall", "process"), default="wall",
+                   help="process: CPU time of this process with 1 thread (robust on a shared, loaded machine)")
     p.add_argument("--width", type=float, default=1.0, help="MAY width multiplier")
     p.add_argument("--baseline", default="eca", help="attention the eager column is compared with")
     p.add_argument("--quick", action="store_true",
@@ -46,14 +48,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         results = bench_may(
             attentions, batches, sizes, [b.strip() for b in args.backends.split(",") if b.strip()],
-            reps=reps, warmup=args.warmup, width=args.width, threads=args.threads,
+            reps=reps, warmup=args.warmup, width=args.width, threads=args.threads, clock=args.clock,
             log=lambda s: print(s, file=sys.stderr),
         )
     except (KeyError, ValueError) as e:
         print(f"mlca bench: error: {e}", file=sys.stderr)
         return 1
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"MAY latency, median of {reps} after {args.warmup} warm-up, {now}")
+    print(f"MAY latency ({args.clock} clock), median of {reps} after {args.warmup} warm-up, {now}")
     print(f"machine: {machine_info()}")
     print(format_table(results, args.baseline))
     if args.csv:

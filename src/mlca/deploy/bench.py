@@ -75,6 +75,7 @@ def bench_may(
     width: float = 1.0,
     threads: int | None = None,
     seed: int = 0,
+    clock: str = "wall",
     log: Callable[[str], None] = print,
 ) -> list[BenchResult]:
     """Median forward latency (ms, no grad, eval mode, CPU) of MAY per attention, backend and shape.
@@ -85,6 +86,8 @@ def bench_may(
         backends: any of ``"eager"``, ``"compile"``, ``"onnxruntime"``.
         reps: timed repetitions per pair (the median is reported); warmup: untimed calls first.
         threads: torch and onnxruntime intra-op threads (default: torch's current setting).
+        clock: ``"wall"`` (perf_counter) or ``"process"`` (this process's CPU time; needs one
+            thread, and then ignores time lost to other programs on a shared machine).
     """
     from mlca.attention import list_attentions
     from mlca.models import build_may
@@ -93,9 +96,14 @@ def bench_may(
     unknown = set(backends) - set(BACKENDS)
     if unknown:
         raise ValueError(f"unknown backend(s) {sorted(unknown)}; choose from {BACKENDS}")
+    if clock not in ("wall", "process"):
+        raise ValueError(f"clock must be 'wall' or 'process', got {clock!r}")
+    if clock == "process":
+        threads = 1  # CPU time equals latency only when one thread does all the work
     if threads:
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
+    timer = time.process_time if clock == "process" else time.perf_counter
     rng = random.Random(seed)
     results: list[BenchResult] = []
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -120,9 +128,9 @@ def bench_may(
                     for _ in range(reps):
                         rng.shuffle(pairs)
                         for p in pairs:
-                            t0 = time.perf_counter()
+                            t0 = timer()
                             runners[p](x)
-                            times[p].append((time.perf_counter() - t0) * 1e3)
+                            times[p].append((timer() - t0) * 1e3)
                 for (att, backend), ts in times.items():
                     results.append(BenchResult(att, backend, size, batch, statistics.median(ts), min(ts), reps))
                 log(f"  done {size}x{size} batch {batch}")
