@@ -13,9 +13,9 @@ Gradient, with ``P`` the pooling to ls x ls, ``U`` the adaptive "unpooling" back
     dL/dx     = g * U(mix) + P^T (dL/dlocal)     one fused pass
 
 When H and W are multiples of ls, ``P`` is a block mean and ``U`` a block repeat, so every big
-step is a single broadcast over a (B, C, ls, kh, ls, kw) view of x -- any memory layout
-(channels_last included) splits into such a view without copying. Otherwise the exact banded
-gathers of ``_pooling.py`` are used.
+step is one reduction or one broadcast over a "bin rows" view of x (``_Rows``: NCHW and
+channels_last both split into such a view without copying, and the output keeps x's memory
+format). Otherwise the exact banded gathers of ``_pooling.py`` are used.
 """
 
 from __future__ import annotations
