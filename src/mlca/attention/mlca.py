@@ -27,6 +27,7 @@ Backends (issue 7): ``backend="auto" | "torch" | "triton"`` per module, or globa
 from __future__ import annotations
 
 import math
+import operator
 import os
 from typing import Optional, Tuple
 
@@ -145,6 +146,19 @@ def _exporting() -> bool:
     )
 
 
+def _as_int(value: object, name: str) -> int:
+    """``value`` as an int >= 1 (numpy integers welcome), else a ValueError naming ``name``."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise ValueError(f"MLCA {name} must be an int >= 1, got {value!r}") from None
+    if value < 1:
+        raise ValueError(f"MLCA {name} must be an int >= 1, got {value!r}")
+    return value
+
+
 @register_attention("mlca")
 class MLCA(nn.Module):
     """Mixed Local Channel Attention, the same function and parameters as the paper's code.
@@ -174,10 +188,8 @@ class MLCA(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        if isinstance(in_size, bool) or not isinstance(in_size, int) or in_size < 1:
-            raise ValueError(f"MLCA in_size (channel count) must be an int >= 1, got {in_size!r}")
-        if isinstance(local_size, bool) or not isinstance(local_size, int) or local_size < 1:
-            raise ValueError(f"MLCA local_size must be an int >= 1, got {local_size!r}")
+        in_size = _as_int(in_size, "in_size (channel count)")
+        local_size = _as_int(local_size, "local_size")
         if not (0.0 <= float(local_weight) <= 1.0):
             raise ValueError(f"MLCA local_weight must be in [0, 1], got {local_weight!r}")
         if backend not in _BACKENDS:
@@ -217,8 +229,8 @@ class MLCA(nn.Module):
 
     @torch.jit.unused
     def _forward_eager(self, x: Tensor) -> Tensor:
-        # Attention weights in float32 even under autocast (output in x's dtype): autocast would
-        # otherwise run the pooling matmul-free sums fine but the 1-D convs in float16.
+        # Attention weights in float32 even under autocast (output in x's dtype): the small-map
+        # math must not be recast to float16/bfloat16 by autocast's op lists (mv, conv, ...).
         if torch.is_autocast_enabled(x.device.type):
             with torch.autocast(x.device.type, enabled=False):
                 return self._dispatch(x)
