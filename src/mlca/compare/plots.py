@@ -53,6 +53,7 @@ def plot_map_vs(rows: Sequence[ResultRow], x: str, path: Path, title: str = "") 
             ax.annotate(r.attention, (xv, mean), textcoords="offset points", xytext=(5, 5), fontsize=8)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"{label} (mean ± std over seeds)")
+        ax.set_ylim(bottom=0.0)  # mAP is never negative; keeps an all-zero table readable
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     if title:
