@@ -266,13 +266,12 @@ def check_deterministic(device: torch.device, dtype: torch.dtype, shape) -> str:
 # Candidate tiles for --tune: "reduce" (BLOCK_C, BLOCK_W, num_warps), "scale" (BLOCK_C,
 # BLOCK_W, ROWS, num_warps), as in mlca_triton.TUNING.
 TUNE_CANDIDATES = {
-    "reduce_nchw": [(4, 128, 4), (8, 128, 4), (16, 64, 4), (2, 256, 4)],
+    "reduce_nchw": [(4, 128, 4), (8, 128, 4), (2, 256, 4)],
     "reduce_cl": [(32, 16, 4), (64, 16, 4), (64, 32, 8)],
-    "scale_nchw": [(1, 256, 8, 2), (2, 256, 4, 4), (4, 256, 8, 4), (4, 128, 4, 4), (8, 128, 8, 8),
-                   (2, 256, 16, 4)],
+    "scale_nchw": [(1, 256, 8, 2), (2, 256, 4, 4), (4, 256, 8, 4), (4, 128, 4, 4), (8, 128, 8, 8)],
     "scale_cl": [(64, 16, 4, 4), (128, 16, 2, 8), (128, 16, 4, 8)],
 }
-TUNE_SHAPES = [(32, 256, 160, 160), (16, 64, 80, 80)]
+TUNE_SHAPES = [(32, 256, 160, 160)]
 
 
 def tune(dtype: torch.dtype, copy_gbs: float) -> None:
@@ -284,7 +283,28 @@ def tune(dtype: torch.dtype, copy_gbs: float) -> None:
 
     from mlca.attention import mlca_triton as mt
 
-    saved_algo, saved_tuning, saved_cols = mt.ALGO, dict(mt.TUNING), mt.NCHW_COLS
+    saved_algo, saved_tuning, saved_cols, saved_fit = mt.ALGO, dict(mt.TUNING), mt.NCHW_COLS, mt.FIT_W
+    # The (B, C, L, L) middle: shifted multiply-adds (mlca_triton) against cuDNN's conv1d.
+    local = torch.randn(32, 256, 5, 5, device="cuda", requires_grad=True)
+    wg = torch.randn(1, 1, 5, device="cuda", requires_grad=True)
+    wl = torch.randn(1, 1, 5, device="cuda", requires_grad=True)
+
+    def middle_conv() -> Tensor:
+        B, C, L, _ = local.shape
+        seq = local.reshape(B, C, L * L).transpose(1, 2).reshape(B, 1, L * L * C)
+        y = F.conv1d(seq, wl, padding=2).reshape(B, L * L, C).transpose(1, 2).reshape(B, C, L, L)
+        yg = F.conv1d(local.mean(dim=(2, 3)).unsqueeze(1), wg, padding=2).reshape(B, C, 1, 1)
+        return yg.sigmoid() * 0.5 + y.sigmoid() * 0.5
+
+    for label, fn in (("taps", lambda: mt._middle(local, wg, wl, 0.5)), ("cudnn conv1d", middle_conv)):
+        g = torch.randn(32, 256, 5, 5, device="cuda")
+        f_ms = triton.testing.do_bench(lambda: fn().detach(), return_mode="median")
+        fb_ms = triton.testing.do_bench(lambda: torch.autograd.grad(fn(), (local, wg, wl), g),
+                                        return_mode="median")
+        print(f"middle (32, 256, 5, 5) {label:<13} fwd {f_ms * 1e3:8.1f} us   fwd+bwd {fb_ms * 1e3:8.1f} us",
+              flush=True)
+    if os.environ.get("MLCA_TUNE_MIDDLE_ONLY"):
+        return
     try:
         for shape in TUNE_SHAPES:
             for cl in (False, True):
@@ -301,11 +321,13 @@ def tune(dtype: torch.dtype, copy_gbs: float) -> None:
                     ms = triton.testing.do_bench(fn, return_mode="median")
                     results.append((kern, "flat", ms, nbytes / ms / 1e6))
                 mt.ALGO = "rows"
-                variants = [("reduce", nb, True), ("scale", 2 * nb, True)]
-                if not cl:  # the NCHW scale with and without the W-upsampled maps
-                    variants.append(("scale", 2 * nb, False))
-                for kern, nbytes, cols in variants:
-                    mt.NCHW_COLS = cols
+                # NCHW: BLOCK_W fitted to W or not; the scale with and without W-upsampled maps.
+                variants = [("reduce", nb, True, True), ("scale", 2 * nb, True, True)]
+                if not cl:
+                    variants += [("reduce", nb, True, False), ("scale", 2 * nb, True, False),
+                                 ("scale", 2 * nb, False, True)]
+                for kern, nbytes, cols, fit in variants:
+                    mt.NCHW_COLS, mt.FIT_W = cols, fit
                     for cand in TUNE_CANDIDATES[f"{kern}_{lay}"]:
                         mt.TUNING[f"{kern}_{lay}"] = cand
                         fn = ((lambda: mt._bin_reduce(x, None, 5, False, None)) if kern == "reduce"
@@ -315,16 +337,16 @@ def tune(dtype: torch.dtype, copy_gbs: float) -> None:
                         except Exception as e:  # a tile that does not compile (resources)
                             print(f"  {kern} {cand}: failed {type(e).__name__}: {e}"[:200])
                             continue
-                        label = str(cand) + ("" if cols else " gather")
+                        label = str(cand) + ("" if cols else " gather") + ("" if fit else " pow2")
                         results.append((kern, label, ms, nbytes / ms / 1e6))
                     mt.TUNING.update(saved_tuning)
-                mt.NCHW_COLS = saved_cols
+                mt.NCHW_COLS, mt.FIT_W = saved_cols, saved_fit
                 for kern, cand, ms, gbs in results:
                     print(f"  {kern:<6} {cand:<25} {ms * 1e3:9.1f} us {gbs:8.0f} GB/s "
                           f"{100 * gbs / copy_gbs:5.0f}% copy", flush=True)
                 del x
     finally:
-        mt.ALGO, mt.NCHW_COLS = saved_algo, saved_cols
+        mt.ALGO, mt.NCHW_COLS, mt.FIT_W = saved_algo, saved_cols, saved_fit
         mt.TUNING.update(saved_tuning)
 
 

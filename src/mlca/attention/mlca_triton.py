@@ -445,6 +445,8 @@ ALGO = "rows"
 # NCHW scale: upsample the small maps along W first (tiny (B, C, L, W) tensors), so that the
 # kernel's attention loads are contiguous instead of one gather per element and bin.
 NCHW_COLS = True
+# NCHW: pick BLOCK_W to pad W least, widening BLOCK_C instead, so no lanes sit masked.
+FIT_W = True
 
 
 @lru_cache(maxsize=64)
@@ -470,6 +472,13 @@ def _cols(m: Tensor, W: int, mean: bool) -> Tensor:
     return out * inv if mean else out
 
 
+def _fit_width(W: int, widest: int) -> int:
+    """The power of two in [widest / 8, widest] (and >= 16) whose multiple pads W least; ties go
+    to the wider. W = 160: 32 (no padding), not 256 (96 idle lanes in every row)."""
+    cands = [widest >> s for s in range(4) if (widest >> s) >= min(16, widest)]
+    return min(cands, key=lambda c: (triton.cdiv(W, c) * c, -c))
+
+
 def _row_tile(x: Tensor, key: str, lp: int) -> tuple[int, ...]:
     C, W = x.shape[1], x.shape[3]
     if _is_channels_last(x):
@@ -479,6 +488,8 @@ def _row_tile(x: Tensor, key: str, lp: int) -> tuple[int, ...]:
     else:
         cfg = TUNING[key + "_nchw"]
         bw = min(cfg[1], triton.next_power_of_2(W))
+        if FIT_W:
+            bw = _fit_width(W, bw)
         bc = min(max(1, cfg[0] * cfg[1] // bw), triton.next_power_of_2(C))
     if key == "reduce":  # the (BLOCK_C, BLOCK_W, LP) select must stay in registers
         while bc * bw * lp > 16384 and bc > 1:
@@ -565,26 +576,29 @@ def _middle(local: Tensor, w_global: Tensor, w_local: Tensor, local_weight: floa
     sequence; the global vector is the mean of the L x L bins (not the global mean of x,
     which differs when bins overlap).
     """
-    with _no_tf32():
-        return _middle_body(local, w_global, w_local, local_weight)
-
-
-def _no_tf32():
-    """cuDNN runs float32 convolutions in TF32 by default (10-bit mantissa); the path is exact."""
-    b = torch.backends.cudnn
-    return b.flags(enabled=b.enabled, benchmark=b.benchmark, deterministic=b.deterministic,
-                   allow_tf32=False)
-
-
-def _middle_body(local: Tensor, w_global: Tensor, w_local: Tensor, local_weight: float) -> Tensor:
     B, C, L, _ = local.shape
     seq = local.reshape(B, C, L * L).transpose(1, 2).reshape(B, 1, L * L * C)
-    y_local = F.conv1d(seq, w_local, padding=(w_local.shape[-1] - 1) // 2)
+    y_local = _conv1d_taps(seq, w_local)
     y_local = y_local.reshape(B, L * L, C).transpose(1, 2).reshape(B, C, L, L)
     glob = local.mean(dim=(2, 3)).unsqueeze(1)  # (B, 1, C)
-    y_global = F.conv1d(glob, w_global, padding=(w_global.shape[-1] - 1) // 2)
+    y_global = _conv1d_taps(glob, w_global)
     y_global = y_global.reshape(B, C, 1, 1)
     return y_global.sigmoid() * (1.0 - local_weight) + y_local.sigmoid() * local_weight
+
+
+def _conv1d_taps(seq: Tensor, w: Tensor) -> Tensor:
+    """conv1d of (B, 1, N) with one (1, 1, k) filter, zero padding (k - 1) / 2, as k shifted
+    multiply-adds. cuDNN's conv1d is slow on this one-channel, very long sequence (B, 1, L*L*C)
+    on an H100 (measured in docs/triton.md) and runs float32 in TF32 by default; this is exact
+    float32, deterministic forward and backward, and k + 1 tiny kernels."""
+    k = w.shape[-1]
+    n = seq.shape[-1]
+    padded = F.pad(seq, ((k - 1) // 2, (k - 1) // 2))
+    taps = w.reshape(k)
+    out = padded[..., 0:n] * taps[0]
+    for t in range(1, k):
+        out = torch.addcmul(out, padded[..., t:t + n], taps[t])
+    return out
 
 
 class _MLCATritonFunction(torch.autograd.Function):
@@ -610,7 +624,7 @@ class _MLCATritonFunction(torch.autograd.Function):
         # Pass 1 over (g, x): dLoss/d att_small = U_h^T (g * x) U_w.
         d_small = _bin_reduce(grad_out, x, L, ctx.interpret, ctx.blocks)
         # The middle's backward by autograd on a recomputed (tiny) graph.
-        with torch.enable_grad(), _no_tf32():
+        with torch.enable_grad():
             loc = local.detach().requires_grad_(need_x)
             wg = w_global.detach().float().requires_grad_(need_wg)
             wl = w_local.detach().float().requires_grad_(need_wl)
