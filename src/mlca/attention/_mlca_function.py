@@ -123,81 +123,103 @@ def _mix_backward(
     return g_local, g_wg, g_wl
 
 
+def mlca_forward_core(
+    x: Tensor, w_global: Tensor, w_local: Tensor, ls: int, lw: float
+) -> Tuple[Tensor, Tensor]:
+    """Forward without autograd: x (B, C, H, W) -> (out (B, C, H, W), local (B, C, ls, ls)).
+
+    ``local`` (the pooled map, float32/float64) is all the backward needs besides x.
+    """
+    h, w = x.shape[2], x.shape[3]
+    cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    wg, wl = w_global.to(cdt), w_local.to(cdt)
+    frame = _Rows(x, ls) if h % ls == 0 and w % ls == 0 else None
+    if frame is not None:
+        x = frame.like(x)
+        local = frame.pool_rows(frame.rows(x), cdt) / (frame.kh * frame.kw)
+    else:
+        local = adaptive_mean(adaptive_mean(x.to(cdt), 2, ls, cached_bins(h, ls, x.device)), 3, ls,
+                              cached_bins(w, ls, x.device))
+    mixx = _mix(local, wg, wl, lw)[0].to(x.dtype)
+    out = torch.empty_like(x)  # keeps x's memory format (channels_last in -> out)
+    if frame is not None:
+        torch.mul(frame.rows(x), frame.spread(mixx), out=frame.rows(out))
+    else:
+        att = adaptive_mean(adaptive_mean(mixx, 3, w, cached_bins(ls, w, x.device)), 2, h,
+                            cached_bins(ls, h, x.device))
+        torch.mul(x, att, out=out)
+    return out, local
+
+
+def mlca_backward_core(
+    g: Tensor, x: Tensor, local: Tensor, w_global: Tensor, w_local: Tensor, ls: int, lw: float,
+    needs: Tuple[bool, bool, bool] = (True, True, True),
+) -> Tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Backward without autograd: grads of x, w_global, w_local (None where not needed).
+
+    Recomputes the small map from ``local`` and the H x W attention on the fly.
+    """
+    need_x, need_wg, need_wl = needs
+    h, w = x.shape[2], x.shape[3]
+    cdt = local.dtype
+    dev = x.device
+    wg, wl = w_global.to(cdt), w_local.to(cdt)
+    mix, s_global, s_local, gvec, seq = _mix(local, wg, wl, lw)
+    mixx = mix.to(x.dtype)
+    frame = _Rows(x, ls) if h % ls == 0 and w % ls == 0 else None
+
+    # dL/dmix = U^T (g * x)
+    if frame is not None:
+        x, g = frame.like(x), frame.like(g)
+        g_rows = frame.rows(g)
+        g_mix = frame.pool_rows(g_rows * frame.rows(x), cdt)
+    else:
+        gx = (g * x).to(cdt)
+        g_mix = adaptive_mean_adjoint(
+            gx, 2, ls, cached_bins(h, ls, dev), cached_bins(ls, h, dev)[2])
+        g_mix = adaptive_mean_adjoint(
+            g_mix, 3, ls, cached_bins(w, ls, dev), cached_bins(ls, w, dev)[2])
+
+    g_local, g_wg, g_wl = _mix_backward(
+        g_mix, s_global, s_local, gvec, seq, wg, wl, lw, (need_wg, need_wl))
+
+    grad_x = None
+    if need_x:
+        grad_x = torch.empty_like(x)
+        if frame is not None:
+            # g * U(mix) + P^T(dlocal) in one broadcast pass; P^T spreads dlocal / bin size.
+            g_pool = (g_local / (frame.kh * frame.kw)).to(x.dtype)
+            torch.addcmul(frame.spread(g_pool), g_rows, frame.spread(mixx),
+                          out=frame.rows(grad_x))
+        else:
+            att = adaptive_mean(adaptive_mean(mixx, 3, w, cached_bins(ls, w, dev)), 2, h,
+                                cached_bins(ls, h, dev))
+            g_pool = adaptive_mean_adjoint(
+                g_local, 3, w, cached_bins(ls, w, dev), cached_bins(w, ls, dev)[2])
+            g_pool = adaptive_mean_adjoint(
+                g_pool, 2, h, cached_bins(ls, h, dev), cached_bins(h, ls, dev)[2])
+            torch.addcmul(g_pool.to(x.dtype), g, att, out=grad_x)
+    if g_wg is not None:
+        g_wg = g_wg.to(w_global.dtype)
+    if g_wl is not None:
+        g_wl = g_wl.to(w_local.dtype)
+    return grad_x, g_wg, g_wl
+
+
 class _MLCAFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, w_global: Tensor, w_local: Tensor, ls: int, lw: float) -> Tensor:
-        h, w = x.shape[2], x.shape[3]
-        cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
-        wg, wl = w_global.to(cdt), w_local.to(cdt)
-        divisible = h % ls == 0 and w % ls == 0
-        frame = None
-        if divisible:
-            frame = _Rows(x, ls)
-            x = frame.like(x)
-            local = frame.pool_rows(frame.rows(x), cdt) / (frame.kh * frame.kw)
-        else:
-            xc = x.to(cdt)
-            local = adaptive_mean(adaptive_mean(xc, 2, ls, cached_bins(h, ls, x.device)), 3, ls,
-                                  cached_bins(w, ls, x.device))
-        mix, s_global, s_local, gvec, seq = _mix(local, wg, wl, lw)
-        mixx = mix.to(x.dtype)
-        out = torch.empty_like(x)  # keeps x's memory format (channels_last in -> out)
-        if frame is not None:
-            torch.mul(frame.rows(x), frame.spread(mixx), out=frame.rows(out))
-        else:
-            att = adaptive_mean(adaptive_mean(mixx, 3, w, cached_bins(ls, w, x.device)), 2, h,
-                                cached_bins(ls, h, x.device))
-            torch.mul(x, att, out=out)
-        ctx.save_for_backward(x, mix, s_global, s_local, gvec, seq, wg, wl, w_global, w_local)
-        ctx.ls, ctx.lw, ctx.frame = ls, lw, frame
+        out, local = mlca_forward_core(x, w_global, w_local, ls, lw)
+        ctx.save_for_backward(x, local, w_global, w_local)
+        ctx.ls, ctx.lw = ls, lw
         return out
 
     @staticmethod
     def backward(ctx, g: Tensor):
-        x, mix, s_global, s_local, gvec, seq, wg, wl, w_global, w_local = ctx.saved_tensors
-        ls, lw, frame = ctx.ls, ctx.lw, ctx.frame
-        need_x, need_wg, need_wl = ctx.needs_input_grad[:3]
-        h, w = x.shape[2], x.shape[3]
-        cdt = mix.dtype
-        dev = x.device
-        mixx = mix.to(x.dtype)
-
-        # dL/dmix = U^T (g * x)
-        if frame is not None:
-            g = frame.like(g)
-            g_rows = frame.rows(g)
-            g_mix = frame.pool_rows(g_rows * frame.rows(x), cdt)
-        else:
-            gx = (g * x).to(cdt)
-            g_mix = adaptive_mean_adjoint(
-                gx, 2, ls, cached_bins(h, ls, dev), cached_bins(ls, h, dev)[2])
-            g_mix = adaptive_mean_adjoint(
-                g_mix, 3, ls, cached_bins(w, ls, dev), cached_bins(ls, w, dev)[2])
-
-        g_local, g_wg, g_wl = _mix_backward(
-            g_mix, s_global, s_local, gvec, seq, wg, wl, lw, (need_wg, need_wl))
-
-        grad_x = None
-        if need_x:
-            grad_x = torch.empty_like(x)
-            if frame is not None:
-                # g * U(mix) + P^T(dlocal) in one broadcast pass; P^T spreads dlocal / bin size.
-                g_pool = (g_local / (frame.kh * frame.kw)).to(x.dtype)
-                torch.addcmul(frame.spread(g_pool), g_rows, frame.spread(mixx),
-                              out=frame.rows(grad_x))
-            else:
-                att = adaptive_mean(adaptive_mean(mixx, 3, w, cached_bins(ls, w, dev)), 2, h,
-                                    cached_bins(ls, h, dev))
-                g_pool = adaptive_mean_adjoint(
-                    g_local, 3, w, cached_bins(ls, w, dev), cached_bins(w, ls, dev)[2])
-                g_pool = adaptive_mean_adjoint(
-                    g_pool, 2, h, cached_bins(ls, h, dev), cached_bins(h, ls, dev)[2])
-                torch.addcmul(g_pool.to(x.dtype), g, att, out=grad_x)
-        if g_wg is not None:
-            g_wg = g_wg.to(w_global.dtype)
-        if g_wl is not None:
-            g_wl = g_wl.to(w_local.dtype)
-        return grad_x, g_wg, g_wl, None, None
+        x, local, w_global, w_local = ctx.saved_tensors
+        grads = mlca_backward_core(g, x, local, w_global, w_local, ctx.ls, ctx.lw,
+                                   tuple(ctx.needs_input_grad[:3]))
+        return (*grads, None, None)
 
 
 def mlca_function(
