@@ -12,6 +12,8 @@ module under a dispatch mode that sees every ATen op and counts the rest by thes
 * reductions (``Tag.reduction``: mean, sum, amax, ...): 1 per input element;
 * pooling ops: 1 per input element;
 * the bias of a convolution / addmm / baddbmm: 1 per output element;
+* matrix-vector products (``mv``, ``dot``), which FlopCounterMode has no formula for: 2 per
+  matrix element;
 * softmax: 5 per element (max, subtract, exp, sum, divide);
 * a norm that computes statistics (group norm, batch norm in training): 5 per element
   (sum, subtract-square, sum, then scale and shift); batch norm in eval: 2 per element;
@@ -45,6 +47,8 @@ _POINTWISE_EXTRA = {
     aten.hardswish, aten.hardswish_, aten.silu, aten.silu_, aten.gelu, aten.relu6, aten.hardtanh,
     aten.hardtanh_, aten.mish, aten.elu, aten.leaky_relu, aten.softplus,
 }
+# products FlopCounterMode has no formula for: 2 per element of the matrix (multiply + add)
+_MATVEC = {aten.mv, aten.dot, aten.vdot}
 _SOFTMAX = {aten._softmax, aten._log_softmax, aten.softmax, aten.log_softmax}
 _NORM_WITH_STATS = {
     aten.native_group_norm, aten.native_batch_norm, aten._native_batch_norm_legit,
@@ -56,6 +60,7 @@ _MOVE = {
     aten.zeros_like, aten.ones_like, aten.empty, aten.empty_strided, aten.lift_fresh, aten.detach, aten.split, aten.split_with_sizes,
     aten.constant_pad_nd, aten._unsafe_view, aten.alias, aten.index_select, aten.gather, aten.index,
     aten.arange, aten.zeros, aten.full, aten.new_zeros, aten.new_empty, aten.scalar_tensor, aten.repeat,
+    aten.new_ones, aten.new_full, aten.ones, aten.full_like,
 }
 
 
@@ -94,6 +99,8 @@ class _ElementwiseCounter(TorchDispatchMode):
             self.ops += out_n
         elif torch.Tag.reduction in func.tags or packet in _POOL:
             self.ops += _numel(first)
+        elif packet in _MATVEC:
+            self.ops += 2 * _numel(first)
         elif packet in _SOFTMAX:
             self.ops += 5 * out_n
         elif packet in _NORM_WITH_STATS:
