@@ -38,7 +38,6 @@ def test_torchscript_matches_eager_and_reference():
         scripted(torch.randn(2, 16, 5))
 
 
-@pytest.mark.slow
 def test_compile_dynamic_sizes_one_graph_no_break():
     from torch._dynamo.utils import counters
 

@@ -259,12 +259,16 @@ class MLCA(nn.Module):
                 if backend == "triton" or triton_available():
                     return mlca_triton(x, wg, wl, self.local_size, self.local_weight)
 
-        # --- PyTorch paths: the branch-free formulation whenever a tracer or compiler looks at
-        # the code (one graph valid for every size; the Function's size branches would make
-        # dynamo compile one graph per branch, ~3x the compile time), else the Function with
-        # the recomputing backward.
-        if traced:
+        # --- PyTorch paths: exporters get the branch-free formulation (one graph valid for
+        # every size, standard ops only); torch.compile gets the same fast kernels as eager
+        # through an opaque custom op (one graph, no break); eager gets the Function with the
+        # recomputing backward.
+        if _exporting():
             return mlca_plain(x, wg, wl, self.local_size, self.local_weight)
+        if traced:
+            from ._mlca_op import mlca_op
+
+            return mlca_op(x, wg, wl, self.local_size, self.local_weight)
         from ._mlca_function import mlca_function
 
         return mlca_function(x, wg, wl, self.local_size, self.local_weight)
