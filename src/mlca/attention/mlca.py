@@ -16,8 +16,9 @@ Computes exactly the function of the paper's reference code (the "seed"):
 Adaptive pooling is never called: steps 1 and 5 are exact banded gathers built from the sizes
 (``_pooling.py``), or plain reshapes when H and W are multiples of ``local_size``. In eager mode a
 ``torch.autograd.Function`` (``_mlca_function.py``) runs the whole layer with a hand-written
-backward that recomputes the H x W map instead of storing it. Scripting, tracing, ONNX export and
-``torch.compile`` use the plain differentiable formulation (``mlca_plain``), which has no Python
+backward that recomputes the H x W map instead of storing it; ``torch.compile`` runs the same
+code through an opaque custom op (``_mlca_op.py``). Scripting, tracing and export (ONNX,
+``torch.export``) use the plain differentiable formulation (``mlca_plain``), which has no Python
 branches on sizes.
 
 Backends (issue 7): ``backend="auto" | "torch" | "triton"`` per module, or globally with
