@@ -176,7 +176,6 @@ def test_runs_spread_one_process_per_gpu(tmp_path, monkeypatch):
             running.add(env["CUDA_VISIBLE_DEVICES"])
             peak[0] = max(peak[0], len(running))
             self.gpu, self.spec, self.polls, self.returncode = env["CUDA_VISIBLE_DEVICES"], RunSpec(att, int(seed)), 0, None
-            stdout.close()
 
         def poll(self):
             self.polls += 1
@@ -193,3 +192,11 @@ def test_runs_spread_one_process_per_gpu(tmp_path, monkeypatch):
     assert sorted((a, s) for a, s, _ in spawned) == sorted((o.attention, o.seed) for o in outs)
     assert len(spawned) == 4 and {g for _, _, g in spawned} == {"3", "5"} and peak[0] == 2
     assert len(train.calls) == 4 and not any(o.reused for o in outs)
+
+
+def test_which_gpus_runs_spread_over(tmp_path):
+    from mlca.compare.runner import _visible_gpus
+
+    assert _visible_gpus(_cfg(tmp_path, device="cpu")) == []
+    assert _visible_gpus(_cfg(tmp_path, device="cuda:1")) == []  # one named GPU: no spreading
+    assert _visible_gpus(_cfg(tmp_path, gpus=[0, 2])) == [0, 2]

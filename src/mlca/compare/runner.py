@@ -176,8 +176,8 @@ def run_one(cfg: CompareConfig, spec: RunSpec, train_fn: Callable | None = None,
 def _visible_gpus(cfg: CompareConfig) -> list[int]:
     if cfg.gpus is not None:
         return list(cfg.gpus)
-    if cfg.device and not cfg.device.startswith("cuda"):
-        return []
+    if cfg.device not in ("", "cuda"):
+        return []  # the CPU, or one named GPU ("cuda:1"): the user chose where to run
     import torch
 
     return list(range(torch.cuda.device_count()))
@@ -189,9 +189,9 @@ def _spawn(cfg: CompareConfig, spec: RunSpec, gpu: int, log_dir: Path) -> subpro
     cfg_path = log_dir / f"{spec.name}.config.json"
     cfg_path.write_text(json.dumps(cfg.to_dict()))
     env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu))
-    log = open(log_dir / f"{spec.name}.log", "w")
     cmd = [sys.executable, "-m", "mlca.compare.worker", str(cfg_path), spec.attention, str(spec.seed)]
-    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    with open(log_dir / f"{spec.name}.log", "w") as log:  # the child keeps its own handle
+        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def run_all(
