@@ -284,7 +284,7 @@ def tune(dtype: torch.dtype, copy_gbs: float) -> None:
     from mlca.attention import mlca_triton as mt
 
     saved_algo, saved_tuning, saved_cols, saved_fit = mt.ALGO, dict(mt.TUNING), mt.NCHW_COLS, mt.FIT_W
-    # The (B, C, L, L) middle: shifted multiply-adds (mlca_triton) against cuDNN's conv1d.
+    # The (B, C, L, L) middle: mlca_triton's against the same ops on cuDNN's default (TF32) path.
     local = torch.randn(32, 256, 5, 5, device="cuda", requires_grad=True)
     wg = torch.randn(1, 1, 5, device="cuda", requires_grad=True)
     wl = torch.randn(1, 1, 5, device="cuda", requires_grad=True)
@@ -296,7 +296,7 @@ def tune(dtype: torch.dtype, copy_gbs: float) -> None:
         yg = F.conv1d(local.mean(dim=(2, 3)).unsqueeze(1), wg, padding=2).reshape(B, C, 1, 1)
         return yg.sigmoid() * 0.5 + y.sigmoid() * 0.5
 
-    for label, fn in (("taps", lambda: mt._middle(local, wg, wl, 0.5)), ("cudnn conv1d", middle_conv)):
+    for label, fn in (("mlca_triton", lambda: mt._middle(local, wg, wl, 0.5)), ("default cudnn", middle_conv)):
         g = torch.randn(32, 256, 5, 5, device="cuda")
         f_ms = triton.testing.do_bench(lambda: fn().detach(), return_mode="median")
         fb_ms = triton.testing.do_bench(lambda: torch.autograd.grad(fn(), (local, wg, wl), g),
