@@ -399,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
         print("warning: Triton is not available; timing the PyTorch contenders only", file=sys.stderr)
     timer = Timer(device, reps, warmup)
     copy_gbs = copy_bandwidth_gbs(device, timer, copy_nbytes)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU, Triton INTERPRETER (timings meaningless)"
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else "CPU, Triton INTERPRETER (timings meaningless)")
     print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, torch {torch.__version__}, "
           f"triton {mt.triton.__version__ if mt.triton else '-'}, kernels {mt.ALGO!r}, "
           f"{name}, {args.dtype}, {'channels_last' if args.channels_last else 'NCHW'}, median of {reps}; "

@@ -355,7 +355,8 @@ def _signature(kernel: str, dtype: str, constexprs: dict) -> dict:
     [
         ("_triton_bin_reduce", "fp32", dict(MODE=0, BLOCK_C=8, BLOCK_S=128, LP=8, A_DENSE=True, B_DENSE=True)),
         ("_triton_bin_reduce", "bf16", dict(MODE=1, BLOCK_C=64, BLOCK_S=16, LP=8, A_DENSE=False, B_DENSE=True)),
-        ("_triton_scale", "fp16", dict(HAS_ADD=True, SPAN_H=2, SPAN_W=3, BLOCK_C=4, BLOCK_S=256, V_DENSE=True, O_DENSE=False)),
+        ("_triton_scale", "fp16",
+         dict(HAS_ADD=True, SPAN_H=2, SPAN_W=3, BLOCK_C=4, BLOCK_S=256, V_DENSE=True, O_DENSE=False)),
         ("_triton_bin_reduce_rows", "bf16", dict(MODE=1, BLOCK_C=64, BLOCK_W=16, LP=8)),
         ("_triton_bin_reduce_rows", "fp32", dict(MODE=0, BLOCK_C=8, BLOCK_W=128, LP=8)),
         ("_triton_scale_rows", "fp16", dict(HAS_ADD=True, SPAN_H=2, SPAN_W=3, BLOCK_C=4, BLOCK_W=256, ROWS=4)),

@@ -12,8 +12,8 @@ the adaptive-pooling adjoints. Here the big tensors are touched only by two kern
 The kernels used by default are the "rows" variants, ``_triton_bin_reduce_rows`` and
 ``_triton_scale_rows``, which work on 2-D (channel, column) tiles: on an H100 they were 2.4x
 (NCHW) and 14x (channels_last) faster for the reduction and 1.4x for the NCHW scale than the
-flat-pixel kernels below (the same for the channels_last scale) (``ALGO = "flat"`` keeps those for comparison); they
-compute the same thing in the same way:
+flat-pixel kernels below (the same for the channels_last scale). ``ALGO = "flat"`` keeps those
+for comparison. Both compute the same thing in the same way:
 
 * ``_triton_bin_reduce``: one program per (sample, block of channels, bin row ``i``) walks
   the rows of that bin row once and reduces them to the ``L`` bins of the row. Mode 0 gives
@@ -35,8 +35,10 @@ backward reads ``g`` and ``x`` once (reduction) then reads ``g`` and writes ``gr
 no atomics are used, so results are bit-identical across runs and
 ``torch.use_deterministic_algorithms(True)`` is honoured. Everything accumulates in float32.
 
-The ``(B, C, L, L)`` middle (two conv1d, sigmoid, mix) is plain PyTorch: it is negligible,
-and its backward is taken with autograd on a recomputed copy inside our backward.
+The ``(B, C, L, L)`` middle (two conv1d, sigmoid, mix) is plain PyTorch: few bytes, and its
+backward is taken with autograd on a recomputed copy inside our backward. Its ~12 launches
+forward and ~30 backward are not negligible, though: on an H100 they dominate the time at
+YOLO shapes (docs/triton.md); fusing them into Triton kernels is the next step.
 
 Kernels run compiled on CUDA tensors, and on CPU tensors through Triton's interpreter when
 ``TRITON_INTERPRET=1`` is set (read at call time, so tests can scope it with
