@@ -53,7 +53,7 @@ def tiny_data(tmp_path_factory) -> str:
 
 def _cfg(data: str, out: Path, **kw) -> T.TrainConfig:
     base = dict(data=data, attention="eca", width=0.25, epochs=2, img_size=64, batch_size=4, out=str(out),
-                workers=0, verbose=False, seed=0)
+                workers=0, verbose=False, seed=0, close_mosaic=1)  # epoch 1 with mosaic, epoch 2 without
     return T.TrainConfig(**{**base, **kw})
 
 
