@@ -272,8 +272,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo, device: torch.device, ckpt: dict 
     cfg = dataclasses.replace(cfg, out=str(run_dir))  # checkpoints name the folder actually used
     weights_dir = run_dir / "weights"
     last_pt, best_pt = weights_dir / "last.pt", weights_dir / "best.pt"
-    if info.is_main:
-        weights_dir.mkdir(parents=True, exist_ok=True)
+    # folders are created only when the first file is written, so a run that fails on bad
+    # settings or data leaves nothing behind that would push the next run to exp2
 
     # --- data ---------------------------------------------------------------------------------
     D.seed_everything(cfg.seed)
@@ -359,6 +359,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, device: torch.device, ckpt: dict 
     compute_loss = YoloLoss(model, hyp)
 
     if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
         _write_args_yaml(run_dir / "args.yaml", cfg, {"run_dir": str(run_dir), "world_size": info.world_size,
                                                       "device": str(device), "names": names,
                                                       "anchors": unwrap(model).detect.anchors.tolist()})
