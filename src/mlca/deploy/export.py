@@ -151,7 +151,7 @@ def _compare(out: torch.Tensor, ref: torch.Tensor, tol: dict[str, float], what: 
 # NMS keeps one box of two overlapping ones whose scores may differ by float32 noise (about
 # 1e-5): two correct implementations can then keep different boxes or list them in another
 # order. Detections are therefore matched one to one, and this share may go unmatched.
-NMS_UNMATCHED_FRACTION = 0.02
+NMS_UNMATCHED_FRACTION = 0.05
 
 
 def match_detections(
