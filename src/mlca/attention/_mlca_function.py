@@ -15,7 +15,10 @@ Gradient, with ``P`` the pooling to ls x ls, ``U`` the adaptive "unpooling" back
 When H and W are multiples of ls, ``P`` is a block mean and ``U`` a block repeat, so every big
 step is one reduction or one broadcast over a "bin rows" view of x (``_Rows``: NCHW and
 channels_last both split into such a view without copying, and the output keeps x's memory
-format). Otherwise the exact banded gathers of ``_pooling.py`` are used.
+format). Otherwise ``P`` and ``U`` are products with tiny dense averaging matrices
+(``_Dense``); if a product comes out non-finite (a NaN/Inf in x or g spreads over its plane
+through ``0 * nan``) the step is redone with the exact banded gathers of ``_pooling.py``, which
+keep non-finite values in the bins that hold them, as adaptive pooling does.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._pooling import adaptive_mean, adaptive_mean_adjoint, cached_bins
+from ._pooling import adaptive_mean, adaptive_mean_adjoint, cached_bins, cached_pool_matrix
 
 __all__ = ["mlca_function"]
 
@@ -79,6 +82,36 @@ class _Rows:
             s = small.reshape(self.n, self.ls, self.ls, 1)
         s = s.unsqueeze(3).expand(self.n, self.ls, self.ls, self.kw, self.d)
         return s.reshape(self.n, self.ls, 1, self.r)
+
+
+class _Dense:
+    """P and U as dense averaging matrices, for H or W not a multiple of ls (eager only).
+
+    ``pool``: (B, C, H, W) -> (B, C, ls, ls) = Ph x Pw^T; ``unpool``: (B, C, ls, ls) -> (B, C, H, W)
+    = Uh m Uw^T; the adjoints use the transposes. All products run in ``dtype``.
+    """
+
+    def __init__(self, h: int, w: int, ls: int, device: torch.device, dtype: torch.dtype) -> None:
+        self.ph = cached_pool_matrix(h, ls, device, dtype)  # (ls, H)
+        self.pw = cached_pool_matrix(w, ls, device, dtype)  # (ls, W)
+        self.uh = cached_pool_matrix(ls, h, device, dtype)  # (H, ls)
+        self.uw = cached_pool_matrix(ls, w, device, dtype)  # (W, ls)
+
+    def pool(self, t: Tensor) -> Tensor:
+        return torch.matmul(torch.matmul(self.ph, t), self.pw.t())
+
+    def pool_adjoint(self, t: Tensor) -> Tensor:
+        return torch.matmul(torch.matmul(self.ph.t(), t), self.pw)
+
+    def unpool(self, t: Tensor) -> Tensor:
+        return torch.matmul(torch.matmul(self.uh, t), self.uw.t())
+
+    def unpool_adjoint(self, t: Tensor) -> Tensor:
+        return torch.matmul(torch.matmul(self.uh.t(), t), self.uw)
+
+
+def _all_finite(t: Tensor) -> bool:
+    return bool(torch.isfinite(t).all())
 
 
 def _mix(local: Tensor, wg: Tensor, wl: Tensor, lw: float):
@@ -137,13 +170,21 @@ def mlca_forward_core(
     if frame is not None:
         x = frame.like(x)
         local = frame.pool_rows(frame.rows(x), cdt) / (frame.kh * frame.kw)
+        dense = None
     else:
-        local = adaptive_mean(adaptive_mean(x.to(cdt), 2, ls, cached_bins(h, ls, x.device)), 3, ls,
-                              cached_bins(w, ls, x.device))
-    mixx = _mix(local, wg, wl, lw)[0].to(x.dtype)
+        dense = _Dense(h, w, ls, x.device, cdt)
+        local = dense.pool(x.to(cdt))
+        if not _all_finite(local):
+            dense = None
+            local = adaptive_mean(adaptive_mean(x.to(cdt), 2, ls, cached_bins(h, ls, x.device)),
+                                  3, ls, cached_bins(w, ls, x.device))
+    mix = _mix(local, wg, wl, lw)[0]
+    mixx = mix.to(x.dtype)
     out = torch.empty_like(x)  # keeps x's memory format (channels_last in -> out)
     if frame is not None:
         torch.mul(frame.rows(x), frame.spread(mixx), out=frame.rows(out))
+    elif dense is not None and _all_finite(mix):
+        torch.mul(x, dense.unpool(mix).to(x.dtype), out=out)
     else:
         att = adaptive_mean(adaptive_mean(mixx, 3, w, cached_bins(ls, w, x.device)), 2, h,
                             cached_bins(ls, h, x.device))
@@ -173,8 +214,14 @@ def mlca_backward_core(
         x, g = frame.like(x), frame.like(g)
         g_rows = frame.rows(g)
         g_mix = frame.pool_rows(g_rows * frame.rows(x), cdt)
+        dense = None
     else:
         gx = (g * x).to(cdt)
+        dense = _Dense(h, w, ls, dev, cdt) if _all_finite(local) else None
+        g_mix = dense.unpool_adjoint(gx) if dense is not None else None
+        if g_mix is not None and not _all_finite(g_mix):
+            dense, g_mix = None, None
+    if frame is None and g_mix is None:
         g_mix = adaptive_mean_adjoint(
             gx, 2, ls, cached_bins(h, ls, dev), cached_bins(ls, h, dev)[2])
         g_mix = adaptive_mean_adjoint(
@@ -191,6 +238,9 @@ def mlca_backward_core(
             g_pool = (g_local / (frame.kh * frame.kw)).to(x.dtype)
             torch.addcmul(frame.spread(g_pool), g_rows, frame.spread(mixx),
                           out=frame.rows(grad_x))
+        elif dense is not None and _all_finite(g_local) and _all_finite(mix):
+            torch.addcmul(dense.pool_adjoint(g_local).to(x.dtype), g,
+                          dense.unpool(mix).to(x.dtype), out=grad_x)
         else:
             att = adaptive_mean(adaptive_mean(mixx, 3, w, cached_bins(ls, w, dev)), 2, h,
                                 cached_bins(ls, h, dev))

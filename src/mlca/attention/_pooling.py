@@ -125,3 +125,31 @@ def adaptive_mean_adjoint(
     idx, valid, _ = bins
     weight = (1.0 / fwd_length.to(y.dtype))[idx]
     return _gather_sum(y, dim, idx, valid, weight)
+
+
+_DENSE_CACHE: Dict[Tuple[int, int, str, torch.dtype], Tensor] = {}
+
+
+@torch.jit.unused
+def cached_pool_matrix(n_in: int, n_out: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """The dense (n_out, n_in) matrix of adaptive average pooling along one axis (eager only).
+
+    Row i holds ``1/len_i`` on the members of bin i. ``M @ v`` pools a vector; ``M.T`` is the
+    adjoint. Used by the eager Function for sizes that are not multiples of ``local_size``: a
+    BLAS product with these tiny matrices beats the banded gathers several-fold on small feature
+    maps. Because ``0 * nan = nan``, a product spreads a non-finite value over its whole plane;
+    callers check the (small) result and fall back to the exact gathers when it is not finite.
+    """
+    key = (n_in, n_out, str(device), dtype)
+    hit = _DENSE_CACHE.get(key)
+    if hit is None:
+        if len(_DENSE_CACHE) >= _CACHE_MAX:
+            _DENSE_CACHE.clear()
+        i = torch.arange(n_out, device=device).unsqueeze(1)
+        r = torch.arange(n_in, device=device).unsqueeze(0)
+        start = torch.div(i * n_in, n_out, rounding_mode="floor")
+        end = torch.div((i + 1) * n_in + (n_out - 1), n_out, rounding_mode="floor")
+        member = (r >= start) & (r < end)
+        hit = member.to(dtype) / (end - start).to(dtype)
+        _DENSE_CACHE[key] = hit
+    return hit
