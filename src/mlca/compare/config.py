@@ -25,8 +25,8 @@ class CompareConfig:
     data: str = "embedded"
     attentions: list[str] = field(default_factory=lambda: list(DEFAULT_ATTENTIONS))
     seeds: int = 3
-    epochs: int = 5
-    img_size: int = 160
+    epochs: int = 8
+    img_size: int = 128
     batch_size: int = 16
     workers: int = 0
     device: str = ""
