@@ -17,7 +17,8 @@ module under a dispatch mode that sees every ATen op and counts the rest by thes
 * softmax: 5 per element (max, subtract, exp, sum, divide);
 * a norm that computes statistics (group norm, batch norm in training): 5 per element
   (sum, subtract-square, sum, then scale and shift); batch norm in eval: 2 per element;
-* data movement and index construction (views, cat, copies, dtype casts, gathers, arange): 0.
+* data movement and index construction (views, cat, copies, dtype casts, gathers, arange,
+  scalar read-backs): 0.
 
 Any other op is listed in ``AttentionCost.uncounted`` instead of being guessed; the built-in
 modules have none (a test checks it). Costs are for one forward in eval mode.
@@ -61,6 +62,7 @@ _MOVE = {
     aten.constant_pad_nd, aten._unsafe_view, aten.alias, aten.index_select, aten.gather, aten.index,
     aten.arange, aten.zeros, aten.full, aten.new_zeros, aten.new_empty, aten.scalar_tensor, aten.repeat,
     aten.new_ones, aten.new_full, aten.ones, aten.full_like,
+    aten._local_scalar_dense,  # reading a scalar back (e.g. a finiteness check), no arithmetic
 }
 
 
