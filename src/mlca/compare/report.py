@@ -121,22 +121,22 @@ def _csv_value(v) -> str:
     return str(v)
 
 
-def write_results_csv(rows: Iterable[ResultRow], path: Path) -> Path:
+def _write_csv(path: Path, columns: tuple[str, ...] | list[str], items: Iterable) -> Path:
+    """One row per item, the named attributes in ``columns`` order (NaN as an empty cell)."""
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(RESULT_COLUMNS)
-        for r in rows:
-            w.writerow([_csv_value(getattr(r, c)) for c in RESULT_COLUMNS])
+        w.writerow(columns)
+        for item in items:
+            w.writerow([_csv_value(getattr(item, c)) for c in columns])
     return path
+
+
+def write_results_csv(rows: Iterable[ResultRow], path: Path) -> Path:
+    return _write_csv(path, RESULT_COLUMNS, rows)
 
 
 def write_runs_csv(outcomes: Iterable[RunOutcome], path: Path) -> Path:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(RUN_COLUMNS)
-        for o in outcomes:
-            w.writerow([_csv_value(getattr(o, c)) for c in RUN_COLUMNS])
-    return path
+    return _write_csv(path, RUN_COLUMNS, outcomes)
 
 
 def _pm(mean: float, std: float) -> str:
