@@ -209,14 +209,23 @@ def mlca_backward_core(
     mixx = mix.to(x.dtype)
     frame = _Rows(x, ls) if h % ls == 0 and w % ls == 0 else None
 
-    # dL/dmix = U^T (g * x)
+    # dL/dmix = U^T (g * x). On the block path g * x is written into grad_x's buffer (x's
+    # size, allocated once here and overwritten by the final result below): no second
+    # full-size temporary, so one allocation (and its first-touch page faults) fewer.
+    grad_x = None
     if frame is not None:
         x, g = frame.like(x), frame.like(g)
         g_rows = frame.rows(g)
-        g_mix = frame.pool_rows(g_rows * frame.rows(x), cdt)
+        grad_x = torch.empty_like(x)
+        gx_rows = torch.mul(g_rows, frame.rows(x), out=frame.rows(grad_x))
+        g_mix = frame.pool_rows(gx_rows, cdt)
         dense = None
     else:
-        gx = (g * x).to(cdt)
+        if cdt == x.dtype:
+            grad_x = torch.empty_like(x)
+            gx = torch.mul(g, x, out=grad_x)
+        else:
+            gx = (g * x).to(cdt)
         dense = _Dense(h, w, ls, dev, cdt) if _all_finite(local) else None
         g_mix = dense.unpool_adjoint(gx) if dense is not None else None
         if g_mix is not None and not _all_finite(g_mix):
@@ -230,9 +239,11 @@ def mlca_backward_core(
     g_local, g_wg, g_wl = _mix_backward(
         g_mix, s_global, s_local, gvec, seq, wg, wl, lw, (need_wg, need_wl))
 
-    grad_x = None
-    if need_x:
-        grad_x = torch.empty_like(x)
+    if not need_x:
+        grad_x = None
+    else:
+        if grad_x is None:
+            grad_x = torch.empty_like(x)
         if frame is not None:
             # g * U(mix) + P^T(dlocal) in one broadcast pass; P^T spreads dlocal / bin size.
             g_pool = (g_local / (frame.kh * frame.kw)).to(x.dtype)
