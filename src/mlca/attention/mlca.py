@@ -270,6 +270,10 @@ class MLCA(nn.Module):
             from ._mlca_op import mlca_op
 
             return mlca_op(x, wg, wl, self.local_size, self.local_weight)
-        from ._mlca_function import mlca_function
+        from ._mlca_function import mlca_forward_core, mlca_function
 
+        if not (torch.is_grad_enabled() and (x.requires_grad or wg.requires_grad
+                                             or wl.requires_grad)):
+            # inference: no autograd.Function to set up, nothing kept for a backward
+            return mlca_forward_core(x, wg, wl, self.local_size, self.local_weight)[0]
         return mlca_function(x, wg, wl, self.local_size, self.local_weight)
