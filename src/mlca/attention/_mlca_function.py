@@ -23,6 +23,7 @@ keep non-finite values in the bins that hold them, as adaptive pooling does.
 
 from __future__ import annotations
 
+import math
 from typing import Tuple
 
 import torch
@@ -112,20 +113,44 @@ class _Dense:
         self.uw = cached_pool_matrix(ls, w, device, dtype)  # (W, ls)
 
     def pool(self, t: Tensor) -> Tensor:
-        return torch.matmul(torch.matmul(self.ph, t), self.pw.t())
+        return _shrink(t, self.ph, self.pw)
 
     def pool_adjoint(self, t: Tensor) -> Tensor:
-        return torch.matmul(torch.matmul(self.ph.t(), t), self.pw)
+        return _grow(t, self.ph.t(), self.pw.t())
 
     def unpool(self, t: Tensor) -> Tensor:
-        return torch.matmul(torch.matmul(self.uh, t), self.uw.t())
+        return _grow(t, self.uh, self.uw)
 
     def unpool_adjoint(self, t: Tensor) -> Tensor:
-        return torch.matmul(torch.matmul(self.uh.t(), t), self.uw)
+        return _shrink(t, self.uh.t(), self.uw.t())
+
+
+# ``left @ t @ right.T`` for every plane of t (..., a, b), left (p, a), right (q, b), with both
+# products as single GEMMs over all planes (a 2-D right operand lets matmul fold the batch
+# dimensions; a broadcast 2-D left operand would run one tiny product per plane).
+def _planes_mm(t: Tensor, m: Tensor) -> Tensor:
+    """(..., a, b) @ (b, c) -> (..., a, c) as one (N*a, b) x (b, c) GEMM (copies t if needed)."""
+    lead = t.shape[:-1]
+    return torch.mm(t.reshape(-1, t.shape[-1]), m).reshape(*lead, m.shape[1])
+
+
+def _shrink(t: Tensor, left: Tensor, right: Tensor) -> Tensor:
+    """Big planes -> small: (..., a, b) -> (..., p, q); the full-size operand is read once."""
+    u = _planes_mm(t, right.t())  # (..., a, q)
+    return _planes_mm(u.transpose(-1, -2), left.t()).transpose(-1, -2)  # (..., p, q)
+
+
+def _grow(t: Tensor, left: Tensor, right: Tensor) -> Tensor:
+    """Small planes -> big: (..., a, b) -> (..., p, q), contiguous; written once."""
+    u = _planes_mm(t.transpose(-1, -2), left.t())  # (..., b, p)
+    return _planes_mm(u.transpose(-1, -2), right.t())  # (..., p, q)
 
 
 def _all_finite(t: Tensor) -> bool:
-    return bool(torch.isfinite(t).all())
+    """True when every element is finite; may say False for finite values whose sum overflows
+    (callers then take the exact gather path, which is right for any input). One reduction
+    instead of isfinite's five elementwise passes."""
+    return math.isfinite(float(t.sum()))
 
 
 # Up to this many elements (batch x padded length), a single-channel conv1d on the CPU is one
