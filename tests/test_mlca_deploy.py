@@ -84,3 +84,18 @@ def test_onnx_dynamic_batch_height_width_matches_onnxruntime(tmp_path):
         got = session.run(None, {feed: x.numpy()})[0]
         expected = ref.mlca_reference(x.double(), wg, wl, 5, 0.5).numpy()
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6, err_msg=f"at {shape}")
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 20, 20), (2, 8, 13, 13), (2, 8, 7, 9), (1, 8, 3, 2)])
+def test_custom_ops_agree_with_their_fake_kernels(shape):
+    """torch.library.opcheck: the fake (meta) kernels that torch.compile traces with give the
+    real kernels' shapes, dtypes and strides, on the block path and on the dense path."""
+    from mlca.attention import _mlca_op  # noqa: F401  (registers the ops)
+
+    m = _model(8)
+    wg, wl = m.conv.weight.detach(), m.conv_local.weight.detach()
+    x = torch.randn(shape)
+    torch.library.opcheck(torch.ops.mlca.mlca_fwd.default, (x, wg, wl, 5, 0.5))
+    out, local = torch.ops.mlca.mlca_fwd(x, wg, wl, 5, 0.5)
+    g = torch.randn(shape)
+    torch.library.opcheck(torch.ops.mlca.mlca_bwd.default, (g, x, local, wg, wl, 5, 0.5))

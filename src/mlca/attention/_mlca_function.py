@@ -262,7 +262,7 @@ def mlca_forward_core(
         dense = None
     else:
         dense = _Dense(h, w, ls, x.device, cdt)
-        local = dense.pool(x.to(cdt))
+        local = dense.pool(x.to(cdt)).contiguous()  # saved for backward: a plain (B, C, ls, ls)
         if not _all_finite(local):
             dense = None
             local = adaptive_mean(adaptive_mean(x.to(cdt), 2, ls, cached_bins(h, ls, x.device)),
