@@ -13,6 +13,15 @@ the distinct tensors autograd saves, measured with ``saved_tensors_hooks``; on C
 peak allocated memory of a forward+backward), and the ratios to the naive eager formulation and
 to the naive compiled one.
 
+On Linux/glibc, large CPU tensors (above glibc's 32 MB mmap ceiling, or after heap trimming)
+are fresh mmaps whose pages fault in on first write, ~20 ms per 50 MB on the development machine:
+at (8, 256, 80, 80) that is more than half of every forward, for the naive module (two fresh maps)
+and for mlca (one, its output) alike. For the steady state of a process that reuses its memory
+(what jemalloc or tcmalloc give, as PyTorch's CPU performance guide recommends), run with::
+
+    GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296 \
+        python benchmarks/bench_mlca.py
+
 Contenders are entries of ``CONTENDERS``; other back-ends (the Triton path of issue 7) append
 theirs with ``CONTENDERS.append(Contender(...))`` or by adding to the list below.
 """

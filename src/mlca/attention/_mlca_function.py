@@ -30,7 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._pooling import adaptive_mean, adaptive_mean_adjoint, cached_bins, cached_pool_matrix
+from ._pooling import (
+    adaptive_mean, adaptive_mean_adjoint, cached_bins, cached_full, cached_pool_matrix,
+)
 
 __all__ = ["mlca_function"]
 
@@ -86,7 +88,7 @@ class _Rows:
         # NCHW: the kw columns of a bin are contiguous; a matrix-vector product with a constant
         # vector sums these short runs 3-4x faster than a reduction kernel, applies ``scale``
         # on the way, and keeps NaN/Inf in their bin.
-        s = torch.mv(s.reshape(-1, self.kw), s.new_full((self.kw,), scale))
+        s = torch.mv(s.reshape(-1, self.kw), cached_full(self.kw, scale, s.device, s.dtype))
         return s.reshape(self.b, self.c, self.ls, self.ls)
 
     def spread(self, small: Tensor) -> Tensor:
@@ -198,7 +200,8 @@ def _mix(
     b, c, ls = local.shape[0], local.shape[1], local.shape[2]
     bins = ls * ls
     # mean of the bins as a matrix-vector product (a third of the reduction kernel's time here)
-    gvec = torch.mv(local.reshape(b * c, bins), local.new_full((bins,), 1.0 / bins))
+    mean_vec = cached_full(bins, 1.0 / bins, local.device, local.dtype)
+    gvec = torch.mv(local.reshape(b * c, bins), mean_vec)
     gvec = gvec.reshape(b, 1, c)
     seq = local.reshape(b, c, bins).transpose(1, 2).reshape(b, 1, bins * c)  # bin-major
     s_global = torch.sigmoid(_conv_same(gvec, wg))

@@ -153,3 +153,19 @@ def cached_pool_matrix(n_in: int, n_out: int, device: torch.device, dtype: torch
         hit = member.to(dtype) / (end - start).to(dtype)
         _DENSE_CACHE[key] = hit
     return hit
+
+
+_CONST_CACHE: dict = {}
+
+
+def cached_full(n: int, value: float, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """A cached read-only (n,) tensor filled with ``value`` (the summing/averaging vectors of
+    the eager kernels' matrix-vector products): one dictionary lookup instead of an op."""
+    key = (n, value, str(device), dtype)
+    hit = _CONST_CACHE.get(key)
+    if hit is None:
+        if len(_CONST_CACHE) >= _CACHE_MAX:
+            _CONST_CACHE.clear()
+        hit = torch.full((n,), value, device=device, dtype=dtype)
+        _CONST_CACHE[key] = hit
+    return hit
