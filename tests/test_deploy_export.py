@@ -95,6 +95,13 @@ def test_static_export_metadata_backend_and_size_errors(tmp_path):
         assert_matches_pytorch(backend(x), model(x))
     with pytest.raises(ValueError, match="exported for 96x96.*--dynamic"):
         backend(photo_batch(1, 64, 64))
+    # sleeping (not spinning) workers, as `mlca bench` uses them: same results
+    quiet = OnnxBackend(path, num_threads=2, spin=False)
+    entries = quiet.session.get_session_options().get_session_config_entry(
+        "session.intra_op.allow_spinning")
+    assert entries == "0"
+    with torch.no_grad():
+        assert_matches_pytorch(quiet(x), model(x))
 
 
 class _DataDependent(nn.Module):

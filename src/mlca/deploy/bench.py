@@ -60,7 +60,9 @@ def _runner(model: torch.nn.Module, backend: str, attention: str, tmp: Path, thr
 
         path = tmp / f"may-{attention}.onnx"
         export_onnx(model, path, 320, dynamic=True)
-        return OnnxBackend(path, providers=["CPUExecutionProvider"], num_threads=threads)
+        # No spinning: onnxruntime's idle workers would busy-wait after each run and take the
+        # cores from the eager / compiled calls timed next (measured: +/-30 % swings on 2 cores).
+        return OnnxBackend(path, providers=["CPUExecutionProvider"], num_threads=threads, spin=False)
     raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
 
 

@@ -25,6 +25,9 @@ class OnnxBackend:
         path: the ``.onnx`` file.
         providers: onnxruntime execution providers (default: CUDA when available, then CPU).
         num_threads: intra-op threads (default: onnxruntime's choice).
+        spin: whether idle intra-op threads busy-wait for the next run (onnxruntime's default,
+            fastest for back-to-back calls). ``False`` makes them sleep, so they do not take
+            CPU from other work in the process (``mlca bench`` times other backends in between).
 
     Attributes:
         names: class names from the file's metadata (``None`` if absent).
@@ -39,6 +42,7 @@ class OnnxBackend:
         path: str | os.PathLike,
         providers: Sequence[str] | None = None,
         num_threads: int | None = None,
+        spin: bool = True,
     ):
         import onnxruntime as ort
 
@@ -48,6 +52,8 @@ class OnnxBackend:
         options = ort.SessionOptions()
         if num_threads:
             options.intra_op_num_threads = int(num_threads)
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if providers is None:
             available = ort.get_available_providers()
             providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
