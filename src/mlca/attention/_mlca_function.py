@@ -226,8 +226,12 @@ def _conv1d_same_backward(x: Tensor, w: Tensor, g_y: Tensor, need_w: bool):
         k = w.shape[-1]
         pad = (k - 1) // 2
         length = x.shape[-1]
-        xp = F.pad(x, (pad, pad))
-        g_w = torch.stack([(g_y * xp[:, :, j:j + length]).sum() for j in range(k)]).view(1, 1, k)
+        # the k shifted windows of the padded input as rows of one (k, B*L) matrix: one
+        # matrix-vector product instead of k products and k sums
+        b = x.shape[0]
+        xp = F.pad(x, (pad, pad)).reshape(b, length + 2 * pad)
+        windows = xp.unfold(1, length, 1).transpose(0, 1).reshape(k, b * length)
+        g_w = torch.mv(windows, g_y.reshape(b * length)).view(1, 1, k)
     return g_x, g_w
 
 
