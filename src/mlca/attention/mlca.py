@@ -13,8 +13,10 @@ Computes exactly the function of the paper's reference code (the "seed"):
 5. ``att = adaptive_avg_pool2d(mix, (H, W))`` -- "unpooling" by adaptive pooling, itself a fixed
    averaging map -- and ``y = x * att``.
 
-Adaptive pooling is never called: steps 1 and 5 are exact banded gathers built from the sizes
-(``_pooling.py``), or plain reshapes when H and W are multiples of ``local_size``. In eager mode a
+Adaptive pooling is never called: steps 1 and 5 are plain reshapes when H and W are multiples of
+``local_size``, products with tiny cached averaging matrices otherwise (eager), and exact banded
+gathers built from the sizes (``_pooling.py``) when tracing/exporting or when a value is
+non-finite. In eager mode a
 ``torch.autograd.Function`` (``_mlca_function.py``) runs the whole layer with a hand-written
 backward that recomputes the H x W map instead of storing it; ``torch.compile`` runs the same
 code through an opaque custom op (``_mlca_op.py``). Scripting, tracing and export (ONNX,
