@@ -137,6 +137,8 @@ def test_float32_matches_reference_any_shape(b, c, h, w, ls, seed):
         ((2, 5, 3, 2), 5),  # smaller than local_size: adaptive pooling repeats rows
         ((1, 300, 13, 13), 5),  # many channels -> kernel size 5
         ((1, 3, 80, 80), 1),
+        ((2, 400, 10, 10), 5),  # 2 x 10,000-long local sequences: the scaled-adds conv path
+        ((3, 64, 15, 10), 5),  # several rows laid end to end in one conv1d call
     ],
 )
 @pytest.mark.parametrize("channels_last", [False, True])
