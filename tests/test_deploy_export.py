@@ -79,6 +79,27 @@ def test_dynamic_onnx_export_matches_pytorch_for_every_attention(tmp_path):
 
 
 @pytest.mark.slow
+def test_dense_mlca_export_matches_pytorch_at_other_sizes(tmp_path):
+    """``mlca="dense"``: MLCA as averaging-matrix products in the graph, same detections."""
+    from mlca.deploy.onnxrt import OnnxBackend
+
+    model = tiny("mlca")
+    path = tmp_path / "dense.onnx"
+    export_onnx(model, path, 64, dynamic=True, mlca="dense")
+    proto = onnx.load(str(path))
+    assert {p.key: p.value for p in proto.metadata_props}["mlca_formulation"] == "dense"
+    assert "MatMul" in {node.op_type for node in proto.graph.node}
+    backend = OnnxBackend(path)
+    for shape in [(2, 96, 64), (1, 128, 160)]:
+        x = photo_batch(*shape)
+        with torch.no_grad():
+            assert_matches_pytorch(backend(x), model(x))
+    with pytest.raises(ExportError, match="exact.*dense"):
+        export_onnx(model, tmp_path / "bad.onnx", 64, mlca="fast")
+    assert not (tmp_path / "bad.onnx").exists()
+
+
+@pytest.mark.slow
 def test_static_export_metadata_backend_and_size_errors(tmp_path):
     from mlca.deploy.onnxrt import OnnxBackend
 

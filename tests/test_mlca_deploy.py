@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import _mlca_ref as ref
-from mlca.attention.mlca import MLCA
+from mlca.attention.mlca import MLCA, export_formulation
 
 
 def _model(c: int = 16, ls: int = 5, lw: float = 0.5) -> MLCA:
@@ -60,20 +60,23 @@ def test_compile_dynamic_sizes_one_graph_no_break():
 
 
 @pytest.mark.slow
-def test_onnx_dynamic_batch_height_width_matches_onnxruntime(tmp_path):
+@pytest.mark.parametrize("formulation", ["exact", "dense"])
+def test_onnx_dynamic_batch_height_width_matches_onnxruntime(tmp_path, formulation):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     m = _model(16)
     dims = {0: torch.export.Dim("B", min=1), 2: torch.export.Dim("H", min=1),
             3: torch.export.Dim("W", min=1)}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), export_formulation(formulation):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(m, (torch.randn(2, 16, 20, 20),), dynamo=True,
                                     opset_version=18, dynamic_shapes=(dims,), verbose=False)
     path = tmp_path / "mlca.onnx"
     program.save(str(path))
     onnx.checker.check_model(str(path))
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert ("MatMul" in ops) == (formulation == "dense"), ops  # the dense graph pools by MatMul
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feed = session.get_inputs()[0].name
     gen = torch.Generator().manual_seed(1)
@@ -99,3 +102,15 @@ def test_custom_ops_agree_with_their_fake_kernels(shape):
     out, local = torch.ops.mlca.mlca_fwd(x, wg, wl, 5, 0.5)
     g = torch.randn(shape)
     torch.library.opcheck(torch.ops.mlca.mlca_bwd.default, (g, x, local, wg, wl, 5, 0.5))
+
+
+def test_export_formulation_is_scoped_and_checked():
+    from mlca.attention import mlca as mlca_mod
+
+    with export_formulation("dense"):
+        assert mlca_mod._export_formulation == "dense"
+        with pytest.raises(ValueError, match="exact.*dense"):
+            with export_formulation("fast"):
+                pass
+        assert mlca_mod._export_formulation == "dense"
+    assert mlca_mod._export_formulation == "exact"

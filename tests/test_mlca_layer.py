@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 import _mlca_ref as ref
 from mlca.attention import create_attention
-from mlca.attention.mlca import MLCA, eca_kernel_size, mlca_plain
+from mlca.attention.mlca import MLCA, eca_kernel_size, mlca_plain, mlca_plain_dense
 
 
 def _pair(c: int, ls: int, lw: float, seed: int, dtype=torch.float64) -> tuple[MLCA, tuple]:
@@ -314,3 +314,16 @@ def test_keeps_less_for_backward_than_the_seed():
     ours, theirs = saved_bytes(m, x), saved_bytes(seed, x)
     assert ours <= theirs
     assert ours <= x.numel() * 4 + 64 * 1024  # x itself + small maps, never an H x W map
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    b=st.integers(0, 2), c=st.integers(1, 12), h=st.integers(1, 30), w=st.integers(1, 30),
+    ls=st.sampled_from([1, 3, 5, 7]), seed=st.integers(0, 2**16),
+)
+def test_dense_export_formulation_matches_reference(b, c, h, w, ls, seed):
+    """``mlca_plain_dense`` (export with ``mlca="dense"``) is the seed's function for finite x."""
+    m, (wg, wl) = _pair(c, ls, 0.4, seed)
+    x = torch.randn((b, c, h, w), generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    y = mlca_plain_dense(x, m.conv.weight, m.conv_local.weight, ls, 0.4)
+    assert _rel_err(y, ref.mlca_reference(x, wg, wl, ls, 0.4)) < 1e-10

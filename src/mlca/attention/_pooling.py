@@ -130,6 +130,20 @@ def adaptive_mean_adjoint(
 _DENSE_CACHE: Dict[Tuple[int, int, str, torch.dtype], Tensor] = {}
 
 
+def pool_matrix(n_in: int, n_out: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """The (n_out, n_in) matrix of adaptive average pooling along one axis, from the sizes.
+
+    Row i holds ``1 / len_i`` on bin i = [floor(i n_in / n_out), ceil((i + 1) n_in / n_out)).
+    Built from ``arange`` and comparisons only, so it also traces with symbolic sizes (export).
+    """
+    i = torch.arange(n_out, device=device).unsqueeze(1)
+    r = torch.arange(n_in, device=device).unsqueeze(0)
+    start = torch.div(i * n_in, n_out, rounding_mode="floor")
+    end = torch.div((i + 1) * n_in + (n_out - 1), n_out, rounding_mode="floor")
+    member = (r >= start) & (r < end)
+    return member.to(dtype) / (end - start).to(dtype)
+
+
 @torch.jit.unused
 def cached_pool_matrix(n_in: int, n_out: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     """The dense (n_out, n_in) matrix of adaptive average pooling along one axis (eager only).
@@ -145,12 +159,7 @@ def cached_pool_matrix(n_in: int, n_out: int, device: torch.device, dtype: torch
     if hit is None:
         if len(_DENSE_CACHE) >= _CACHE_MAX:
             _DENSE_CACHE.clear()
-        i = torch.arange(n_out, device=device).unsqueeze(1)
-        r = torch.arange(n_in, device=device).unsqueeze(0)
-        start = torch.div(i * n_in, n_out, rounding_mode="floor")
-        end = torch.div((i + 1) * n_in + (n_out - 1), n_out, rounding_mode="floor")
-        member = (r >= start) & (r < end)
-        hit = member.to(dtype) / (end - start).to(dtype)
+        hit = pool_matrix(n_in, n_out, device, dtype)
         _DENSE_CACHE[key] = hit
     return hit
 

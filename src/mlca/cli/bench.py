@@ -15,7 +15,8 @@ def add_parser(subparsers, name: str = "bench", help: str | None = None) -> argp
         "process: interleaved repetitions after warm-up, median reported.",
     )
     p.add_argument("--attentions", default=None, help="comma-separated names (default: all registered)")
-    p.add_argument("--backends", default="eager,compile,onnxruntime", help="comma-separated subset")
+    p.add_argument("--backends", default="eager,compile,onnxruntime", help="comma-separated subset of eager, compile, onnxruntime and onnxruntime-dense "
+                        "(MLCA exported with --mlca dense)")
     p.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
     p.add_argument("--sizes", default="320,640", help="comma-separated image sizes")
     p.add_argument("--reps", type=int, default=10, help="timed repetitions (median reported)")

@@ -21,7 +21,10 @@ import torch
 
 __all__ = ["BenchResult", "bench_may", "format_table", "machine_info"]
 
-BACKENDS = ("eager", "compile", "onnxruntime")
+# "onnxruntime-dense": MLCA exported as averaging-matrix products (export_onnx(mlca="dense"));
+# not in the default set of `mlca bench`, ask for it with --backends.
+BACKENDS = ("eager", "compile", "onnxruntime", "onnxruntime-dense")
+DEFAULT_BACKENDS = BACKENDS[:3]
 
 
 @dataclass
@@ -54,12 +57,13 @@ def _runner(model: torch.nn.Module, backend: str, attention: str, tmp: Path, thr
     if backend == "compile":
         # dynamic: one graph serves every image size instead of one compilation per size
         return torch.compile(model, dynamic=True)
-    if backend == "onnxruntime":
+    if backend in ("onnxruntime", "onnxruntime-dense"):
         from .export import export_onnx
         from .onnxrt import OnnxBackend
 
-        path = tmp / f"may-{attention}.onnx"
-        export_onnx(model, path, 320, dynamic=True)
+        dense = backend == "onnxruntime-dense"
+        path = tmp / f"may-{attention}{'-dense' if dense else ''}.onnx"
+        export_onnx(model, path, 320, dynamic=True, mlca="dense" if dense else "exact")
         # No spinning: onnxruntime's idle workers would busy-wait after each run and take the
         # cores from the eager / compiled calls timed next (measured: +/-30 % swings on 2 cores).
         return OnnxBackend(path, providers=["CPUExecutionProvider"], num_threads=threads, spin=False)
@@ -70,7 +74,7 @@ def bench_may(
     attentions: Sequence[str] | None = None,
     batches: Sequence[int] = (1, 8),
     sizes: Sequence[int] = (320, 640),
-    backends: Sequence[str] = BACKENDS,
+    backends: Sequence[str] = DEFAULT_BACKENDS,
     reps: int = 10,
     warmup: int = 2,
     num_classes: int = 20,
@@ -85,7 +89,8 @@ def bench_may(
     Args:
         attentions: names (default: every registered attention).
         batches, sizes: input shapes ``(batch, 3, size, size)``.
-        backends: any of ``"eager"``, ``"compile"``, ``"onnxruntime"``.
+        backends: any of ``"eager"``, ``"compile"``, ``"onnxruntime"``,
+            ``"onnxruntime-dense"`` (MLCA exported with ``mlca="dense"``).
         reps: timed repetitions per pair (the median is reported); warmup: untimed calls first.
         threads: torch and onnxruntime intra-op threads (default: torch's current setting).
         clock: ``"wall"`` (perf_counter) or ``"process"`` (this process's CPU time; needs one
