@@ -32,6 +32,7 @@ from torch import Tensor
 
 from ._pooling import (
     adaptive_mean, adaptive_mean_adjoint, cached_bins, cached_full, cached_pool_matrix,
+    matrix_grow, matrix_shrink,
 )
 
 __all__ = ["mlca_function"]
@@ -115,37 +116,16 @@ class _Dense:
         self.uw = cached_pool_matrix(ls, w, device, dtype)  # (W, ls)
 
     def pool(self, t: Tensor) -> Tensor:
-        return _shrink(t, self.ph, self.pw)
+        return matrix_shrink(t, self.ph, self.pw)
 
     def pool_adjoint(self, t: Tensor) -> Tensor:
-        return _grow(t, self.ph.t(), self.pw.t())
+        return matrix_grow(t, self.ph.t(), self.pw.t())
 
     def unpool(self, t: Tensor) -> Tensor:
-        return _grow(t, self.uh, self.uw)
+        return matrix_grow(t, self.uh, self.uw)
 
     def unpool_adjoint(self, t: Tensor) -> Tensor:
-        return _shrink(t, self.uh.t(), self.uw.t())
-
-
-# ``left @ t @ right.T`` for every plane of t (..., a, b), left (p, a), right (q, b), with both
-# products as single GEMMs over all planes (a 2-D right operand lets matmul fold the batch
-# dimensions; a broadcast 2-D left operand would run one tiny product per plane).
-def _planes_mm(t: Tensor, m: Tensor) -> Tensor:
-    """(..., a, b) @ (b, c) -> (..., a, c) as one (N*a, b) x (b, c) GEMM (copies t if needed)."""
-    lead = t.shape[:-1]
-    return torch.mm(t.reshape(-1, t.shape[-1]), m).reshape(*lead, m.shape[1])
-
-
-def _shrink(t: Tensor, left: Tensor, right: Tensor) -> Tensor:
-    """Big planes -> small: (..., a, b) -> (..., p, q); the full-size operand is read once."""
-    u = _planes_mm(t, right.t())  # (..., a, q)
-    return _planes_mm(u.transpose(-1, -2), left.t()).transpose(-1, -2)  # (..., p, q)
-
-
-def _grow(t: Tensor, left: Tensor, right: Tensor) -> Tensor:
-    """Small planes -> big: (..., a, b) -> (..., p, q), contiguous; written once."""
-    u = _planes_mm(t.transpose(-1, -2), left.t())  # (..., b, p)
-    return _planes_mm(u.transpose(-1, -2), right.t())  # (..., p, q)
+        return matrix_shrink(t, self.uh.t(), self.uw.t())
 
 
 def _all_finite(t: Tensor) -> bool:
@@ -164,9 +144,9 @@ _CONV1D_MAX = 16384
 def _conv_same(x: Tensor, w: Tensor) -> Tensor:
     """``conv1d_same(x, w)`` in the fewest ops: x (B, 1, L), w (1, 1, k) -> (B, 1, L).
 
-    CPU, small: one ``F.conv1d``; for B > 1 the B rows, each padded, laid end to end as one sequence and convolved in one
-    call without padding; row b's outputs start at b * (L + 2p) (the window never crosses into
-    the next row's values, only into its zero padding). CPU, large: k scaled adds with the
+    CPU, small: one ``F.conv1d``; for B > 1 the B rows, each padded, laid end to end as one
+    sequence and convolved in one call without padding; row b's outputs start at b * (L + 2p)
+    (the window never crosses into the next row's values, only into its zero padding). CPU, large: k scaled adds with the
     taps as Python numbers. Elsewhere: the shifted multiply-adds of ``conv1d_same``.
     """
     from .mlca import conv1d_same  # late import: mlca.py imports this module lazily too

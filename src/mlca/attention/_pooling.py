@@ -22,12 +22,24 @@ of the opposite direction ``m -> n``: ``[floor(j*m/n), ceil((j+1)*m/n))``; the w
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Hashable, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["adaptive_bins", "adaptive_mean", "adaptive_mean_adjoint", "cached_bins"]
+__all__ = [
+    "adaptive_bins", "adaptive_mean", "adaptive_mean_adjoint", "cached_bins", "cached_full",
+    "cached_pool_matrix", "matrix_grow", "matrix_shrink", "pool_matrix",
+]
+
+
+def _bin_edges(n_in: int, n_out: int, device: torch.device) -> Tuple[Tensor, Tensor]:
+    """(n_out,) int64 ``start`` and ``end`` of the bins ``[floor(i n_in / n_out),
+    ceil((i + 1) n_in / n_out))`` of adaptive pooling from ``n_in`` to ``n_out``."""
+    i = torch.arange(n_out, device=device)
+    start = torch.div(i * n_in, n_out, rounding_mode="floor")
+    end = torch.div((i + 1) * n_in + (n_out - 1), n_out, rounding_mode="floor")
+    return start, end
 
 
 def adaptive_bins(n_in: int, n_out: int, device: torch.device) -> Tuple[Tensor, Tensor, Tensor]:
@@ -41,9 +53,7 @@ def adaptive_bins(n_in: int, n_out: int, device: torch.device) -> Tuple[Tensor, 
     ``K = ceil(n_in / n_out) + 1`` bounds every bin length without looking at the data, so the
     table's shape is a closed-form expression of the sizes (symbolic under dynamic shapes).
     """
-    i = torch.arange(n_out, device=device)
-    start = torch.div(i * n_in, n_out, rounding_mode="floor")
-    end = torch.div((i + 1) * n_in + (n_out - 1), n_out, rounding_mode="floor")
+    start, end = _bin_edges(n_in, n_out, device)
     k = (n_in + n_out - 1) // n_out + 1
     idx = start.unsqueeze(1) + torch.arange(k, device=device).unsqueeze(0)
     valid = idx < end.unsqueeze(1)
@@ -56,6 +66,18 @@ _CACHE_MAX = 256
 
 
 @torch.jit.unused
+def _memo(cache: dict, key: Hashable, build: Callable[[], object]):
+    """``cache[key]``, built on a miss; the cache is emptied when it reaches ``_CACHE_MAX``
+    entries (bounded: the image sizes of a sweep are finite but unknown)."""
+    hit = cache.get(key)
+    if hit is None:
+        if len(cache) >= _CACHE_MAX:
+            cache.clear()
+        hit = cache[key] = build()
+    return hit
+
+
+@torch.jit.unused
 def cached_bins(n_in: int, n_out: int, device: torch.device) -> Tuple[Tensor, Tensor, Tensor]:
     """``adaptive_bins`` memoised per (sizes, device) for eager mode (tables are tiny).
 
@@ -64,14 +86,7 @@ def cached_bins(n_in: int, n_out: int, device: torch.device) -> Tuple[Tensor, Te
     """
     if torch.compiler.is_compiling():  # symbolic sizes: the table belongs in the graph
         return adaptive_bins(n_in, n_out, device)
-    key = (n_in, n_out, str(device))
-    hit = _CACHE.get(key)
-    if hit is None:
-        if len(_CACHE) >= _CACHE_MAX:  # bounded: image sizes in a sweep are finite but unknown
-            _CACHE.clear()
-        hit = adaptive_bins(n_in, n_out, device)
-        _CACHE[key] = hit
-    return hit
+    return _memo(_CACHE, (n_in, n_out, str(device)), lambda: adaptive_bins(n_in, n_out, device))
 
 
 def _gather_sum(x: Tensor, dim: int, idx: Tensor, valid: Tensor, weight: Tensor) -> Tensor:
@@ -136,10 +151,9 @@ def pool_matrix(n_in: int, n_out: int, device: torch.device, dtype: torch.dtype)
     Row i holds ``1 / len_i`` on bin i = [floor(i n_in / n_out), ceil((i + 1) n_in / n_out)).
     Built from ``arange`` and comparisons only, so it also traces with symbolic sizes (export).
     """
-    i = torch.arange(n_out, device=device).unsqueeze(1)
+    start, end = _bin_edges(n_in, n_out, device)
+    start, end = start.unsqueeze(1), end.unsqueeze(1)
     r = torch.arange(n_in, device=device).unsqueeze(0)
-    start = torch.div(i * n_in, n_out, rounding_mode="floor")
-    end = torch.div((i + 1) * n_in + (n_out - 1), n_out, rounding_mode="floor")
     member = (r >= start) & (r < end)
     return member.to(dtype) / (end - start).to(dtype)
 
@@ -154,27 +168,38 @@ def cached_pool_matrix(n_in: int, n_out: int, device: torch.device, dtype: torch
     maps. Because ``0 * nan = nan``, a product spreads a non-finite value over its whole plane;
     callers check the (small) result and fall back to the exact gathers when it is not finite.
     """
-    key = (n_in, n_out, str(device), dtype)
-    hit = _DENSE_CACHE.get(key)
-    if hit is None:
-        if len(_DENSE_CACHE) >= _CACHE_MAX:
-            _DENSE_CACHE.clear()
-        hit = pool_matrix(n_in, n_out, device, dtype)
-        _DENSE_CACHE[key] = hit
-    return hit
+    return _memo(_DENSE_CACHE, (n_in, n_out, str(device), dtype),
+                 lambda: pool_matrix(n_in, n_out, device, dtype))
 
 
-_CONST_CACHE: dict = {}
+_CONST_CACHE: Dict[Tuple[int, float, str, torch.dtype], Tensor] = {}
 
 
+@torch.jit.unused
 def cached_full(n: int, value: float, device: torch.device, dtype: torch.dtype) -> Tensor:
     """A cached read-only (n,) tensor filled with ``value`` (the summing/averaging vectors of
     the eager kernels' matrix-vector products): one dictionary lookup instead of an op."""
-    key = (n, value, str(device), dtype)
-    hit = _CONST_CACHE.get(key)
-    if hit is None:
-        if len(_CONST_CACHE) >= _CACHE_MAX:
-            _CONST_CACHE.clear()
-        hit = torch.full((n,), value, device=device, dtype=dtype)
-        _CONST_CACHE[key] = hit
-    return hit
+    return _memo(_CONST_CACHE, (n, value, str(device), dtype),
+                 lambda: torch.full((n,), value, device=device, dtype=dtype))
+
+
+# ``left @ t @ right.T`` for every plane of t (..., a, b), left (p, a), right (q, b): pooling
+# and unpooling with the matrices above. Both products run as single GEMMs over all planes (a 2-D
+# right operand folds the batch dimensions; a broadcast 2-D left operand would run one tiny
+# product per plane). Used by the eager kernels and by the dense export formulation.
+def _planes_mm(t: Tensor, m: Tensor) -> Tensor:
+    """(..., a, b) @ (b, c) -> (..., a, c) as one (N*a, b) x (b, c) GEMM (copies t if needed)."""
+    lead = t.shape[:-1]
+    return torch.mm(t.reshape(-1, t.shape[-1]), m).reshape(*lead, m.shape[1])
+
+
+def matrix_shrink(t: Tensor, left: Tensor, right: Tensor) -> Tensor:
+    """Big planes -> small: (..., a, b) -> (..., p, q); the full-size operand is read once."""
+    u = _planes_mm(t, right.t())  # (..., a, q)
+    return _planes_mm(u.transpose(-1, -2), left.t()).transpose(-1, -2)  # (..., p, q)
+
+
+def matrix_grow(t: Tensor, left: Tensor, right: Tensor) -> Tensor:
+    """Small planes -> big: (..., a, b) -> (..., p, q), contiguous; written once."""
+    u = _planes_mm(t.transpose(-1, -2), left.t())  # (..., b, p)
+    return _planes_mm(u.transpose(-1, -2), right.t())  # (..., p, q)

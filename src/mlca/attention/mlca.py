@@ -39,12 +39,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._pooling import adaptive_mean, pool_matrix
+from ._pooling import adaptive_mean, matrix_grow, matrix_shrink, pool_matrix
 from .registry import register_attention
 
 __all__ = [
     "MLCA", "mlca_plain", "mlca_plain_dense", "eca_kernel_size", "set_default_backend",
-    "get_default_backend", "export_formulation",
+    "get_default_backend", "export_formulation", "EXPORT_FORMULATIONS",
 ]
 
 _BACKENDS = ("auto", "torch", "triton")
@@ -151,7 +151,7 @@ def mlca_plain_dense(
 
     x: (B, C, H, W) -> (B, C, H, W). Pooling is ``Ph @ x @ Pw.T`` and unpooling
     ``Uh @ mix @ Uw.T`` with the matrices of ``pool_matrix`` built from the (symbolic) sizes,
-    each product one MatMul with a 2-D right operand. Equal to ``mlca_plain`` for finite x; a
+    the same products as the eager kernels' (``matrix_shrink`` / ``matrix_grow``). Equal to ``mlca_plain`` for finite x; a
     NaN/Inf in x spreads over its whole H x W plane (``0 * nan``), see ``export_formulation``.
     """
     h, w = x.shape[2], x.shape[3]
@@ -160,13 +160,12 @@ def mlca_plain_dense(
     ls = local_size
     ph, pw = pool_matrix(h, ls, x.device, cdt), pool_matrix(w, ls, x.device, cdt)
     uh, uw = pool_matrix(ls, h, x.device, cdt), pool_matrix(ls, w, x.device, cdt)
-    local = torch.matmul(torch.matmul(xc, pw.t()).transpose(-1, -2), ph.t()).transpose(-1, -2)
+    local = matrix_shrink(xc, ph, pw)
     mix = mlca_mix(local, w_global.to(cdt), w_local.to(cdt), local_weight, True)[0]
-    att = torch.matmul(torch.matmul(mix.transpose(-1, -2), uh.t()).transpose(-1, -2), uw.t())
-    return x * att.to(x.dtype)
+    return x * matrix_grow(mix, uh, uw).to(x.dtype)
 
 
-_EXPORT_FORMULATIONS = ("exact", "dense")
+EXPORT_FORMULATIONS = ("exact", "dense")
 _export_formulation = "exact"
 
 
@@ -182,8 +181,8 @@ def export_formulation(name: str):
     bins that hold it. Used by ``export_onnx(..., mlca="dense")``.
     """
     global _export_formulation
-    if name not in _EXPORT_FORMULATIONS:
-        raise ValueError(f"MLCA export formulation must be one of {_EXPORT_FORMULATIONS}, got {name!r}")
+    if name not in EXPORT_FORMULATIONS:
+        raise ValueError(f"MLCA export formulation must be one of {EXPORT_FORMULATIONS}, got {name!r}")
     previous, _export_formulation = _export_formulation, name
     try:
         yield

@@ -9,14 +9,17 @@ import sys
 
 
 def add_parser(subparsers, name: str = "bench", help: str | None = None) -> argparse.ArgumentParser:
+    from mlca.deploy.bench import BACKENDS, DEFAULT_BACKENDS  # the command imports torch anyway
+
     p = subparsers.add_parser(
         name, help=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Time MAY's forward pass (CPU, eval, no grad) for each attention, side by side in one "
         "process: interleaved repetitions after warm-up, median reported.",
     )
     p.add_argument("--attentions", default=None, help="comma-separated names (default: all registered)")
-    p.add_argument("--backends", default="eager,compile,onnxruntime", help="comma-separated subset of eager, compile, onnxruntime and onnxruntime-dense "
-                        "(MLCA exported with --mlca dense)")
+    p.add_argument("--backends", default=",".join(DEFAULT_BACKENDS),
+                   help=f"comma-separated subset of {', '.join(BACKENDS)} "
+                        "(onnxruntime-dense: MLCA exported with `mlca export --mlca dense`)")
     p.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
     p.add_argument("--sizes", default="320,640", help="comma-separated image sizes")
     p.add_argument("--reps", type=int, default=10, help="timed repetitions (median reported)")

@@ -8,6 +8,8 @@ from pathlib import Path
 
 
 def add_parser(subparsers, name: str = "export", help: str | None = None) -> argparse.ArgumentParser:
+    from mlca.attention.mlca import EXPORT_FORMULATIONS  # the command imports torch anyway
+
     p = subparsers.add_parser(
         name, help=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Export a checkpoint from `mlca train` to ONNX (dynamo exporter) or TorchScript. "
@@ -25,7 +27,7 @@ def add_parser(subparsers, name: str = "export", help: str | None = None) -> arg
     p.add_argument("--iou", type=float, default=0.45, help="with --nms: IoU threshold")
     p.add_argument("--max-det", type=int, default=300, help="with --nms: detections per image")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 18)")
-    p.add_argument("--mlca", choices=("exact", "dense"), default="exact",
+    p.add_argument("--mlca", choices=EXPORT_FORMULATIONS, default="exact",
                    help="ONNX: MLCA layers as exact gathers (default; the seed's function for any input) "
                         "or dense averaging-matrix products (~2x faster in onnxruntime at 320 px; equal "
                         "for finite inputs, a NaN/Inf spreads over its channel plane)")

@@ -253,8 +253,10 @@ def export_onnx(
 
     if opset < 18:
         raise ExportError(f"opset must be >= 18 for the dynamo exporter, got {opset}")
-    if mlca not in ("exact", "dense"):
-        raise ExportError(f"mlca must be 'exact' or 'dense', got {mlca!r}")
+    from mlca.attention.mlca import EXPORT_FORMULATIONS, export_formulation
+
+    if mlca not in EXPORT_FORMULATIONS:
+        raise ExportError(f"mlca must be one of {EXPORT_FORMULATIONS}, got {mlca!r}")
     t0 = time.time()
     path = Path(path)
     shapes = check_sizes(img_size, dynamic)
@@ -278,8 +280,6 @@ def export_onnx(
             2: MAX_STRIDE * Dim("height_div_32", min=1, max=256),
             3: MAX_STRIDE * Dim("width_div_32", min=1, max=256),
         },)
-    from mlca.attention.mlca import export_formulation
-
     log = io.StringIO()
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(log), torch.no_grad(), \
