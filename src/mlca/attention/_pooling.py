@@ -183,6 +183,22 @@ def cached_full(n: int, value: float, device: torch.device, dtype: torch.dtype) 
                  lambda: torch.full((n,), value, device=device, dtype=dtype))
 
 
+_ARANGE_CACHE: Dict[str, Tensor] = {}
+
+
+@torch.jit.unused
+def cached_bags(n: int, bag: int, device: torch.device) -> Tensor:
+    """(n // bag, bag) int32 row numbers ``0 .. n-1``: the bags of ``F.embedding_bag`` that sum
+    each run of ``bag`` consecutive rows. A prefix view of one arange per device that grows by
+    doubling, so the sizes of a sweep share one table (4 bytes per image row)."""
+    key = str(device)
+    table = _ARANGE_CACHE.get(key)
+    if table is None or table.numel() < n:
+        size = max(n, 2 * table.numel() if table is not None else 0, 1024)
+        table = _ARANGE_CACHE[key] = torch.arange(size, device=device, dtype=torch.int32)
+    return table[:n].view(n // bag, bag)
+
+
 # ``left @ t @ right.T`` for every plane of t (..., a, b), left (p, a), right (q, b): pooling
 # and unpooling with the matrices above. Both products run as single GEMMs over all planes (a 2-D
 # right operand folds the batch dimensions; a broadcast 2-D left operand would run one tiny
