@@ -32,3 +32,14 @@ def test_bench_rejects_unknown_backends_and_attentions():
         bench_may(["none"], backends=("tensorrt",), log=lambda s: None)
     with pytest.raises(KeyError, match="known"):
         bench_may(["no-such-attention"], backends=("eager",), sizes=(64,), batches=(1,), log=lambda s: None)
+
+
+@pytest.mark.slow
+def test_bench_onnxruntime_exports_each_shape_statically():
+    pytest.importorskip("onnxruntime")
+    logs: list[str] = []
+    rs = bench_may(["mlca"], batches=(1, 2), sizes=(64,), backends=("onnxruntime",), reps=1, warmup=1,
+                   num_classes=2, width=0.25, log=logs.append)
+    assert sorted((r.backend, r.batch) for r in rs) == [("onnxruntime", 1), ("onnxruntime", 2)]
+    prepared = [line for line in logs if "prepared" in line]
+    assert len(prepared) == 2 and "for 1x3x64x64" in prepared[0] and "for 2x3x64x64" in prepared[1]

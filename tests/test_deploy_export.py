@@ -125,6 +125,52 @@ def test_static_export_metadata_backend_and_size_errors(tmp_path):
         assert_matches_pytorch(quiet(x), model(x))
 
 
+@pytest.mark.slow
+def test_static_batch_export_runs_any_batch_in_chunks(tmp_path):
+    """--batch N: a static (N, 3, S, S) export; OnnxBackend runs other batch sizes in chunks of N
+    (the last one padded and its padding dropped), raw head output and NMS output alike."""
+    from mlca.deploy.onnxrt import OnnxBackend
+    from mlca.engine.postprocess import non_max_suppression
+
+    model = tiny("mlca")  # 160 px: MLCA maps 40/20/10/5, the block formulation
+    path = tmp_path / "b2.onnx"
+    report = export_onnx(model, path, 160, batch=2)
+    assert [c["shape"] for c in report.checks] == [(2, 3, 160, 160)]
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(meta["batch"]) == 2 and json.loads(meta["dynamic"]) is False
+    backend = OnnxBackend(path)
+    x = torch.cat([photo_batch(1, 160, 160), photo_batch(1, 160, 160).flip(-1), photo_batch(1, 160, 160) * 0.5])
+    for b in (1, 2, 3):
+        with torch.no_grad():
+            assert_matches_pytorch(backend(x[:b]), model(x[:b]))
+
+    # NMS chunks (attention-agnostic). With MLCA's random weights and the bias push below, so
+    # many boxes tie in score within float32 noise that the kept sets differ: ECA's don't.
+    model = tiny("eca")
+    with torch.no_grad():  # confident boxes, so that every image has detections
+        for conv in model.detect.m:
+            conv.bias.view(3, 8)[:, 4:].add_(4.0)
+    nms_path = tmp_path / "b2nms.onnx"
+    export_onnx(model, nms_path, 160, batch=2, nms=True, conf=0.3, iou=0.5, max_det=100)
+    got = OnnxBackend(nms_path).detect(x)
+    with torch.no_grad():
+        expected = non_max_suppression(model(x), 0.3, 0.5, max_det=100)
+    assert len(got) == 3
+    for g, e in zip(got, expected):
+        assert len(e) > 0
+        ua, ub = match_detections(g, e)
+        assert max(ua, ub) <= NMS_UNMATCHED_FRACTION * len(e), (ua, ub, len(e))
+
+
+def test_batch_option_is_checked(tmp_path):
+    model = tiny("none")
+    with pytest.raises(ExportError, match="--batch.*--dynamic"):
+        export_onnx(model, tmp_path / "x.onnx", 64, dynamic=True, batch=2)
+    with pytest.raises(ExportError, match="--batch must be an int >= 1"):
+        export_onnx(model, tmp_path / "x.onnx", 64, batch=0)
+    assert not (tmp_path / "x.onnx").exists()
+
+
 class _DataDependent(nn.Module):
     """Python control flow on tensor values: torch.export cannot capture it."""
 

@@ -89,6 +89,61 @@ def test_onnx_dynamic_batch_height_width_matches_onnxruntime(tmp_path, formulati
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6, err_msg=f"at {shape}")
 
 
+def _poison(x: torch.Tensor) -> torch.Tensor:
+    """x with a NaN, an Inf and a -Inf in different channels and bins."""
+    x = x.clone()
+    x[0, 1, 0, 1] = float("nan")
+    x[0, 4, -1, -1] = float("inf")
+    x[-1, 9, x.shape[2] // 2, 0] = -float("inf")
+    return x
+
+
+def _assert_like_reference(got: torch.Tensor, x: torch.Tensor, m: MLCA, where: str) -> None:
+    """got equals the float64 reference: same NaN/Inf positions, finite values to 1e-5."""
+    wg, wl = m.conv.weight.detach().double(), m.conv_local.weight.detach().double()
+    expected = ref.mlca_reference(x.double(), wg, wl, m.local_size, m.local_weight)
+    got = got.double()
+    assert torch.equal(torch.isnan(got), torch.isnan(expected)), where
+    assert torch.equal(torch.isinf(got), torch.isinf(expected)), where
+    fin = torch.isfinite(expected)
+    torch.testing.assert_close(got[fin], expected[fin], rtol=1e-5, atol=1e-6, msg=where)
+
+
+@pytest.mark.parametrize("ls", [5, 3])
+def test_onnx_static_export_block_graph_where_sizes_allow(tmp_path, ls):
+    """A static export at sizes that are multiples of local_size pools by ReduceMean and unpools
+    by a nearest Resize (no gathers); at other sizes it gathers. Both give the reference's
+    values and its NaN/Inf positions in onnxruntime."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    m = _model(16, ls=ls)
+    gen = torch.Generator().manual_seed(2)
+    for shape, blocks in [((2, 16, 4 * ls, 4 * ls), True), ((1, 16, 7 * ls, 3 * ls), True),
+                          ((2, 16, ls, 2 * ls), True), ((2, 16, 4 * ls + 1, 4 * ls), False)]:
+        x = torch.randn(shape, generator=gen)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(m, (x,), dynamo=True, opset_version=18, verbose=False)
+        path = tmp_path / f"mlca-{shape[2]}x{shape[3]}.onnx"
+        program.save(str(path))
+        ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+        assert ("Resize" in ops and "Gather" not in ops and "GatherElements" not in ops) == blocks, ops
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        xp = _poison(x)
+        got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: xp.numpy()})[0])
+        _assert_like_reference(got, xp, m, f"at {shape}")
+
+
+def test_torchscript_block_and_gather_paths_keep_non_finite_values_in_their_bins():
+    m = _model(16)
+    scripted = torch.jit.script(m)
+    gen = torch.Generator().manual_seed(3)
+    for shape in [(2, 16, 20, 20), (2, 16, 10, 35), (2, 16, 12, 9)]:
+        x = _poison(torch.randn(shape, generator=gen))
+        _assert_like_reference(scripted(x), x, m, f"at {shape}")
+
+
 @pytest.mark.parametrize("shape", [(2, 8, 20, 20), (2, 8, 13, 13), (2, 8, 7, 9), (1, 8, 3, 2)])
 def test_custom_ops_agree_with_their_fake_kernels(shape):
     """torch.library.opcheck: the fake (meta) kernels that torch.compile traces with give the

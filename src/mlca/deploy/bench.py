@@ -1,5 +1,8 @@
 """MAY latency per attention, in PyTorch eager, torch.compile and onnxruntime, side by side.
 
+onnxruntime runs one static export per input shape, as a fixed-size deployment does (MLCA is
+then a reshape-mean and a resize in the graph); the dynamic exports can be timed as well.
+
 All (attention, backend) pairs of one input shape are timed in the same process, interleaved:
 every repetition runs each pair once, in a fresh random order, so load from other programs
 and thermal drift hit all pairs alike. After warm-up calls (which also trigger compilation),
@@ -21,10 +24,13 @@ import torch
 
 __all__ = ["BenchResult", "bench_may", "format_table", "machine_info"]
 
-# "onnxruntime-dense": MLCA exported as averaging-matrix products (export_onnx(mlca="dense"));
-# not in the default set of `mlca bench`, ask for it with --backends.
-BACKENDS = ("eager", "compile", "onnxruntime", "onnxruntime-dense")
+# "onnxruntime": one static export per (image size, batch), as a fixed-size deployment runs.
+# "onnxruntime-dynamic": one export with dynamic batch and size for every shape (MLCA as exact
+# gathers); "onnxruntime-dense": the same with MLCA as averaging-matrix products
+# (export_onnx(mlca="dense")). Not in the default set of `mlca bench`: ask with --backends.
+BACKENDS = ("eager", "compile", "onnxruntime", "onnxruntime-dynamic", "onnxruntime-dense")
 DEFAULT_BACKENDS = BACKENDS[:3]
+_PER_SHAPE = ("onnxruntime",)  # backends prepared again for each input shape
 
 
 @dataclass
@@ -51,19 +57,25 @@ def machine_info() -> str:
             f"Python {platform.python_version()}, {platform.system()}")
 
 
-def _runner(model: torch.nn.Module, backend: str, attention: str, tmp: Path, threads: int) -> Callable:
+def _runner(model: torch.nn.Module, backend: str, attention: str, tmp: Path, threads: int,
+            shape: tuple[int, int] = (1, 320)) -> Callable:
+    """A callable for ``backend``; static exports are made for ``shape`` = (batch, image size)."""
     if backend == "eager":
         return model
     if backend == "compile":
         # dynamic: one graph serves every image size instead of one compilation per size
         return torch.compile(model, dynamic=True)
-    if backend in ("onnxruntime", "onnxruntime-dense"):
+    if backend in ("onnxruntime", "onnxruntime-dynamic", "onnxruntime-dense"):
         from .export import export_onnx
         from .onnxrt import OnnxBackend
 
-        dense = backend == "onnxruntime-dense"
-        path = tmp / f"may-{attention}{'-dense' if dense else ''}.onnx"
-        export_onnx(model, path, 320, dynamic=True, mlca="dense" if dense else "exact")
+        batch, size = shape
+        path = tmp / f"may-{attention}-{backend}-{batch}x{size}.onnx"
+        if backend == "onnxruntime":
+            export_onnx(model, path, size, batch=batch)
+        else:
+            mlca = "dense" if backend == "onnxruntime-dense" else "exact"
+            export_onnx(model, path, 320, dynamic=True, mlca=mlca)
         # No spinning: onnxruntime's idle workers would busy-wait after each run and take the
         # cores from the eager / compiled calls timed next (measured: +/-30 % swings on 2 cores).
         return OnnxBackend(path, providers=["CPUExecutionProvider"], num_threads=threads, spin=False)
@@ -89,8 +101,9 @@ def bench_may(
     Args:
         attentions: names (default: every registered attention).
         batches, sizes: input shapes ``(batch, 3, size, size)``.
-        backends: any of ``"eager"``, ``"compile"``, ``"onnxruntime"``,
-            ``"onnxruntime-dense"`` (MLCA exported with ``mlca="dense"``).
+        backends: any of ``"eager"``, ``"compile"``, ``"onnxruntime"`` (a static export per
+            batch and size), ``"onnxruntime-dynamic"`` (one dynamic export) and
+            ``"onnxruntime-dense"`` (one dynamic export, MLCA with ``mlca="dense"``).
         reps: timed repetitions per pair (the median is reported); warmup: untimed calls first.
         threads: torch and onnxruntime intra-op threads (default: torch's current setting).
         clock: ``"wall"`` (perf_counter) or ``"process"`` (this process's CPU time; needs one
@@ -115,16 +128,27 @@ def bench_may(
     results: list[BenchResult] = []
     with tempfile.TemporaryDirectory() as tmpdir:
         runners: dict[tuple[str, str], Callable] = {}
+        models = {}
+
+        def prepare(att: str, backend: str, shape: tuple[int, int] = (1, 320)) -> None:
+            t0 = time.perf_counter()
+            runners[att, backend] = _runner(models[att], backend, att, Path(tmpdir), threads, shape)
+            if backend != "eager":
+                at = f" for {shape[0]}x3x{shape[1]}x{shape[1]}" if backend in _PER_SHAPE else ""
+                log(f"  prepared {att:>10} {backend:<12}{at} in {time.perf_counter() - t0:.0f} s")
+
         for att in attentions:
             torch.manual_seed(seed)
-            model = build_may(att, num_classes=num_classes, width=width).eval()
+            models[att] = build_may(att, num_classes=num_classes, width=width).eval()
             for backend in backends:
-                t0 = time.perf_counter()
-                runners[att, backend] = _runner(model, backend, att, Path(tmpdir), threads)
-                if backend != "eager":
-                    log(f"  prepared {att:>10} {backend:<12} in {time.perf_counter() - t0:.0f} s")
+                if backend not in _PER_SHAPE:
+                    prepare(att, backend)
         for size in sizes:
             for batch in batches:
+                for att in attentions:
+                    for backend in backends:
+                        if backend in _PER_SHAPE:
+                            prepare(att, backend, (batch, size))
                 x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
                 pairs = list(runners)
                 times: dict[tuple[str, str], list[float]] = {p: [] for p in pairs}

@@ -70,13 +70,18 @@ class ExportReport:
         return "\n".join(lines)
 
 
-def check_sizes(img_size: int, dynamic: bool) -> list[tuple[int, int, int]]:
-    """(batch, h, w) shapes an export is checked at: the export size, and for dynamic exports
+def check_sizes(img_size: int, dynamic: bool, batch: int = 1) -> list[tuple[int, int, int]]:
+    """(batch, h, w) shapes an export is checked at: the export shape, and for dynamic exports
     also batch 2 at half size and a non-square size."""
     if img_size % MAX_STRIDE:
         raise ExportError(f"--img-size must be a multiple of {MAX_STRIDE}, got {img_size}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ExportError(f"--batch must be an int >= 1, got {batch!r}")
+    if dynamic and batch != 1:
+        raise ExportError("--batch is the fixed batch of a static export; a --dynamic export "
+                          f"takes any batch (got --batch {batch} with --dynamic)")
     if not dynamic:
-        return [(1, img_size, img_size)]
+        return [(batch, img_size, img_size)]
     half = max(MAX_STRIDE, img_size // 2 // MAX_STRIDE * MAX_STRIDE)
     wide = img_size + MAX_STRIDE * max(1, img_size // 4 // MAX_STRIDE)
     return [(1, img_size, img_size), (2, half, half), (1, half, wide)]
@@ -94,7 +99,8 @@ class _HalfModel(nn.Module):
         return self.model(x.half()).float()
 
 
-def _metadata(model: nn.Module, img_size: int, dynamic: bool, half: bool, names: Sequence[str] | None) -> dict:
+def _metadata(model: nn.Module, img_size: int, dynamic: bool, half: bool, names: Sequence[str] | None,
+              batch: int = 1) -> dict:
     from mlca import __version__
 
     nc = int(getattr(model, "num_classes", 0))
@@ -104,6 +110,7 @@ def _metadata(model: nn.Module, img_size: int, dynamic: bool, half: bool, names:
         "num_classes": str(nc),
         "img_size": json.dumps(None if dynamic else img_size),
         "export_img_size": str(img_size),
+        "batch": json.dumps(None if dynamic else batch),
         "stride": str(MAX_STRIDE),
         "strides": json.dumps([int(s) for s in getattr(model, "stride", torch.tensor([8, 16, 32])).tolist()]),
         "dynamic": json.dumps(dynamic),
@@ -212,6 +219,7 @@ def export_onnx(
     img_size: int = 640,
     *,
     dynamic: bool = False,
+    batch: int = 1,
     half: bool = False,
     opset: int = 18,
     names: Sequence[str] | None = None,
@@ -229,7 +237,11 @@ def export_onnx(
         model: the detector; not modified (a copy is exported, on the CPU).
         path: destination ``.onnx`` file; written only if every check passes.
         img_size: square input size of the export (a multiple of 32).
-        dynamic: dynamic batch, height and width (multiples of 32) instead of (1, 3, S, S).
+        dynamic: dynamic batch, height and width (multiples of 32) instead of (batch, 3, S, S).
+            A static export is faster in onnxruntime where the graph depends on the size: MLCA
+            at feature maps that are multiples of local_size is a reshape-mean and a resize
+            there, at symbolic sizes the general gathers (see ``mlca``).
+        batch: the fixed batch size of a static export (default 1).
         half: float16 weights and arithmetic (inputs and outputs stay float32).
         opset: ONNX opset (>= 18).
         names: class names for the metadata (default ``model.names``).
@@ -238,15 +250,17 @@ def export_onnx(
         nms: put class-aware NMS in the graph (:mod:`mlca.deploy.nms`); the output is then
             ``(K, 7)`` rows ``[image, x1, y1, x2, y2, score, class]`` instead of ``(B, N, 5 + nc)``.
         conf, iou, max_det: the NMS settings baked into the graph (with ``nms``).
-        mlca: how MLCA layers are exported: ``"exact"`` (gathers; the seed's function for any
-            input) or ``"dense"`` (averaging-matrix products; ~2x faster MAY-MLCA in onnxruntime
-            at 320 px, equal for finite inputs, but a NaN/Inf spreads over its channel plane).
-            See :func:`mlca.attention.mlca.export_formulation`.
+        mlca: how MLCA layers are exported where a feature map's size is symbolic (dynamic
+            export) or not a multiple of local_size: ``"exact"`` (gathers; the seed's function
+            for any input) or ``"dense"`` (averaging-matrix products; faster in onnxruntime,
+            equal for finite inputs, but a NaN/Inf spreads over its channel plane). Static
+            sizes that are multiples of local_size are exact and fast either way. See
+            :func:`mlca.attention.mlca.export_formulation`.
 
     Returns:
         :class:`ExportReport`. Raises :class:`ExportError` on any failure (no file left).
 
-    Metadata (``metadata_props``): names (JSON), num_classes, img_size (JSON, null if
+    Metadata (``metadata_props``): names (JSON), num_classes, img_size and batch (JSON, null if
     dynamic), stride, strides, dynamic, half, model_config, output layout, producer.
     """
     import onnx
@@ -259,7 +273,7 @@ def export_onnx(
         raise ExportError(f"mlca must be one of {EXPORT_FORMULATIONS}, got {mlca!r}")
     t0 = time.time()
     path = Path(path)
-    shapes = check_sizes(img_size, dynamic)
+    shapes = check_sizes(img_size, dynamic, batch)
     ref, target, tol = _prepare(model, half)
     tol = {**tol, **(tolerance or {})}
     what = f"ONNX export of {_describe(ref)}" + (" with NMS" if nms else "")
@@ -270,7 +284,7 @@ def export_onnx(
         target, ref = DetectWithNMS(target, conf, iou, max_det), DetectWithNMS(ref, conf, iou, max_det)
         translation = onnx_translation_table()
     # batch 2 in the example: torch.export specialises dimensions of size 1
-    example = torch.rand(2 if dynamic else 1, 3, img_size, img_size)
+    example = torch.rand(2 if dynamic else batch, 3, img_size, img_size)
     dynamic_shapes = None
     if dynamic:
         from torch.export import Dim
@@ -296,7 +310,7 @@ def export_onnx(
         raise ExportError(
             f"{what} failed: {type(e).__name__}: {' '.join(msg[:6])[:1500]}"
         ) from e
-    meta = _metadata(ref.model if nms else ref, img_size, dynamic, half, names)
+    meta = _metadata(ref.model if nms else ref, img_size, dynamic, half, names, batch)
     meta["mlca_formulation"] = mlca
     if nms:
         meta["nms"] = json.dumps({"conf": conf, "iou": iou, "max_det": max_det})

@@ -121,12 +121,24 @@ class OnnxBackend:
         if self._fixed_hw is None and (imgs.shape[2] % self.stride or imgs.shape[3] % self.stride):
             raise ValueError(f"{self.path.name}: H and W must be multiples of {self.stride}, got {tuple(imgs.shape[2:])}")
         x = imgs.detach().cpu().numpy().astype(self._input_dtype, copy=False)
-        if self._fixed_batch is not None and x.shape[0] != self._fixed_batch:
-            # a fixed-batch export runs image by image
-            outs = [self.session.run(None, {self.input_name: x[i : i + 1]})[0] for i in range(x.shape[0])]
-            if self.nms is not None:  # image index column: per-call 0 -> position in the batch
-                for i, o in enumerate(outs):
-                    o[:, 0] = i
+        n = self._fixed_batch
+        if n is not None and x.shape[0] != n:
+            # a fixed-batch export runs in chunks of its batch, the last one padded with
+            # blank images whose outputs are dropped
+            outs = []
+            for start in range(0, x.shape[0], n):
+                chunk = x[start : start + n]
+                real = chunk.shape[0]
+                if real < n:
+                    pad = np.zeros((n - real, *chunk.shape[1:]), dtype=chunk.dtype)
+                    chunk = np.concatenate([chunk, pad])
+                o = self.session.run(None, {self.input_name: chunk})[0]
+                if self.nms is not None:  # image index column: chunk position -> batch position
+                    o = o[o[:, 0] < real]
+                    o[:, 0] += start
+                else:
+                    o = o[:real]
+                outs.append(o)
             return torch.from_numpy(np.concatenate(outs)).float()
         return torch.from_numpy(self.session.run(None, {self.input_name: x})[0]).float()
 
