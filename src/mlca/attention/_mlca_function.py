@@ -79,8 +79,11 @@ class _Rows:
         """
         n_rows = self.n * self.ls * self.kh
         if rows.dtype == dtype == torch.float32 and rows.device.type == "cpu" and n_rows < 2**31:
-            s = F.embedding_bag(cached_bags(n_rows, self.kh, rows.device),
-                                rows.reshape(n_rows, self.r), mode="sum")
+            idx, offsets = cached_bags(n_rows, self.kh, rows.device)
+            # the ATen op, not F.embedding_bag: its Python checks and offsets cost more than the
+            # sums on small maps; mode 0 = sum
+            s = torch.embedding_bag(rows.reshape(n_rows, self.r), idx, offsets, False, 0, False,
+                                    None, False)[0]
             s = s.view(self.n, self.ls, self.r)
         elif rows.dtype == dtype and self.kh <= 4:
             s = rows[:, :, 0]
@@ -156,15 +159,15 @@ def _conv_same(x: Tensor, w: Tensor) -> Tensor:
     (the window never crosses into the next row's values, only into its zero padding). CPU, large: k scaled adds with the
     taps as Python numbers. Elsewhere: the shifted multiply-adds of ``conv1d_same``.
     """
-    from .mlca import conv1d_same  # late import: mlca.py imports this module lazily too
-
     if x.device.type != "cpu" or x.numel() == 0:
+        from .mlca import conv1d_same  # late import: mlca.py imports this module lazily too
+
         return conv1d_same(x, w)
     b, length, k = x.shape[0], x.shape[-1], w.shape[-1]
     pad = (k - 1) // 2
     span = length + 2 * pad
     if b == 1 and span <= _CONV1D_MAX:
-        return F.conv1d(x, w, padding=pad)
+        return torch.conv1d(x, w, None, 1, pad)
     xp = F.pad(x, (pad, pad))
     if b * span <= _CONV1D_MAX:
         y = F.conv1d(xp.reshape(1, 1, b * span), w)  # (1, 1, b * span - 2 * pad)

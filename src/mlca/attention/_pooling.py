@@ -184,19 +184,25 @@ def cached_full(n: int, value: float, device: torch.device, dtype: torch.dtype) 
 
 
 _ARANGE_CACHE: Dict[str, Tensor] = {}
+_BAG_CACHE: Dict[Tuple[int, int, str], Tuple[Tensor, Tensor]] = {}
 
 
 @torch.jit.unused
-def cached_bags(n: int, bag: int, device: torch.device) -> Tensor:
-    """(n // bag, bag) int32 row numbers ``0 .. n-1``: the bags of ``F.embedding_bag`` that sum
-    each run of ``bag`` consecutive rows. A prefix view of one arange per device that grows by
-    doubling, so the sizes of a sweep share one table (4 bytes per image row)."""
+def cached_bags(n: int, bag: int, device: torch.device) -> Tuple[Tensor, Tensor]:
+    """(indices, offsets), int32, for ``torch.embedding_bag`` to sum each run of ``bag``
+    consecutive rows of an (n, R) matrix: indices ``0 .. n-1``, offsets ``0, bag, 2*bag, ...``.
+
+    The indices are a prefix of one arange per device that grows by doubling (4 bytes per image
+    row, shared by every size); the offsets (n / bag of them) are memoised per size.
+    """
     key = str(device)
     table = _ARANGE_CACHE.get(key)
     if table is None or table.numel() < n:
         size = max(n, 2 * table.numel() if table is not None else 0, 1024)
         table = _ARANGE_CACHE[key] = torch.arange(size, device=device, dtype=torch.int32)
-    return table[:n].view(n // bag, bag)
+    offsets = _memo(_BAG_CACHE, (n, bag, key),
+                    lambda: torch.arange(0, n, bag, device=device, dtype=torch.int32))
+    return table[:n], offsets
 
 
 # ``left @ t @ right.T`` for every plane of t (..., a, b), left (p, a), right (q, b): pooling

@@ -366,7 +366,8 @@ class MLCA(nn.Module):
     @torch.jit.unused
     def _dispatch(self, x: Tensor) -> Tensor:
         wg, wl = self.conv.weight, self.conv_local.weight
-        traced = _exporting() or torch.compiler.is_compiling()
+        exporting = _exporting()
+        traced = exporting or torch.compiler.is_compiling()
         backend = self.backend if self.backend != "auto" else get_default_backend()
 
         # --- Triton path (issue 7, mlca_triton.py). "auto" takes it only for eager CUDA float
@@ -390,7 +391,7 @@ class MLCA(nn.Module):
         # every size, standard ops only); torch.compile gets the same fast kernels as eager
         # through an opaque custom op (one graph, no break); eager gets the Function with the
         # recomputing backward.
-        if _exporting():
+        if exporting:
             plain = mlca_plain_dense if _export_formulation == "dense" else mlca_plain
             return plain(x, wg, wl, self.local_size, self.local_weight)
         if traced:
