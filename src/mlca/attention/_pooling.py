@@ -172,6 +172,62 @@ def cached_pool_matrix(n_in: int, n_out: int, device: torch.device, dtype: torch
                  lambda: pool_matrix(n_in, n_out, device, dtype))
 
 
+_ROW_BAG_CACHE: Dict[tuple, Tuple[Tensor, Tensor, Tensor]] = {}
+
+
+@torch.jit.unused
+def _row_bags(m: Tensor, planes: int, key: tuple) -> Tuple[Tensor, Tensor, Tensor]:
+    """``torch.embedding_bag`` tables applying the (rows, cols) matrix ``m`` to the rows of each
+    of ``planes`` stacked planes: with t viewed as (planes * cols, R), output row
+    ``(p, r) = sum_c m[r, c] * t[p * cols + c]`` over the non-zeros of m only (so a NaN/Inf
+    row never meets a zero weight). Returns int32 indices and offsets and the weights,
+    memoised under ``key`` (which must identify m) and ``planes``.
+    """
+
+    def build() -> Tuple[Tensor, Tensor, Tensor]:
+        rows, cols = m.shape
+        nz_r, nz_c = m.nonzero(as_tuple=True)  # row-major: bag r holds its columns in order
+        counts = torch.bincount(nz_r, minlength=rows)
+        per_plane = torch.arange(planes, device=m.device).unsqueeze(1)
+        idx = (per_plane * cols + nz_c.unsqueeze(0)).reshape(-1).to(torch.int32)
+        starts = torch.cumsum(counts, 0) - counts
+        offsets = (per_plane * nz_c.numel() + starts.unsqueeze(0)).reshape(-1).to(torch.int32)
+        return idx, offsets, m[nz_r, nz_c].repeat(planes)
+
+    return _memo(_ROW_BAG_CACHE, key + (planes,), build)
+
+
+@torch.jit.unused
+def bag_shrink(t: Tensor, left: Tensor, right: Tensor, key: tuple) -> Tensor:
+    """``left @ t @ right.T`` for every plane, CPU: (..., a, b) -> (..., p, q).
+
+    The rows by one weighted ``embedding_bag`` over the (N*a, b) row view (fbgemm's fused row
+    sums, reading t once; each output row sums only its bin's rows), the columns by one small
+    GEMM. ``key`` identifies ``left`` for the memoised tables.
+    """
+    lead, (a, b) = t.shape[:-2], t.shape[-2:]
+    planes = t.numel() // (a * b)
+    idx, offsets, weights = _row_bags(left, planes, key)
+    rows = torch.embedding_bag(t.reshape(planes * a, b), idx, offsets, False, 0, False, weights,
+                               False)[0]  # (N*p, b)
+    return torch.mm(rows, right.t()).reshape(*lead, left.shape[0], right.shape[0])
+
+
+@torch.jit.unused
+def bag_grow(t: Tensor, left: Tensor, right: Tensor, key: tuple) -> Tensor:
+    """``left @ t @ right.T`` for every plane, CPU: small (..., a, b) -> big (..., p, q).
+
+    The columns by one GEMM on the small map, then each output row as the weighted sum of the
+    one or two rows its bin(s) cover, by one ``embedding_bag`` (written once).
+    """
+    lead, (a, b) = t.shape[:-2], t.shape[-2:]
+    planes = t.numel() // (a * b)
+    cols = torch.mm(t.reshape(planes * a, b), right.t())  # (N*a, q)
+    idx, offsets, weights = _row_bags(left, planes, key)
+    out = torch.embedding_bag(cols, idx, offsets, False, 0, False, weights, False)[0]
+    return out.reshape(*lead, left.shape[0], right.shape[0])
+
+
 _CONST_CACHE: Dict[Tuple[int, float, str, torch.dtype], Tensor] = {}
 
 
