@@ -245,14 +245,17 @@ _export_formulation = "exact"
 
 @contextlib.contextmanager
 def export_formulation(name: str):
-    """How MLCA layers are written into graphs exported inside the ``with`` block.
+    """How MLCA layers are written into graphs exported inside the ``with`` block, where a
+    feature map's size is symbolic (dynamic export) or not a multiple of local_size; concrete
+    multiples always get the block formulation (``_mlca_blocks``, exact and fast).
 
     ``"exact"`` (default): banded gathers (``mlca_plain``), the seed's function for every input,
     non-finite values included. ``"dense"``: products with averaging matrices
-    (``mlca_plain_dense``) -- MAY-MLCA about 2x faster in onnxruntime at 320 px, the same values
-    for finite inputs, but a NaN/Inf in a channel of x makes that channel's whole output plane
-    (and the channels its 1-D convolutions reach) non-finite, where the seed keeps it in the
-    bins that hold it. Used by ``export_onnx(..., mlca="dense")``.
+    (``mlca_plain_dense``) -- MAY-MLCA 1.1-1.8x MAY-ECA in onnxruntime instead of 1.5-2.2x
+    (dynamic export, 320/640 px), the same values for finite inputs, but a NaN/Inf in a channel
+    of x makes that channel's whole output plane (and the channels its 1-D convolutions reach)
+    non-finite, where the seed keeps it in the bins that hold it. Used by
+    ``export_onnx(..., mlca="dense")``.
     """
     global _export_formulation
     if name not in EXPORT_FORMULATIONS:
