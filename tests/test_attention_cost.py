@@ -96,3 +96,31 @@ def test_public_name_and_bad_sizes():
         attention_cost("eca", 16, (0, 4))
     with pytest.raises(KeyError, match="known"):
         attention_cost("nope", 16, 4)
+
+
+class _Bags(torch.nn.Module):
+    """Row sums by embedding_bag, weighted or not, plus index construction (memoised tables)."""
+
+    def __init__(self, weighted: bool) -> None:
+        super().__init__()
+        self.weighted = weighted
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (R, L) -> (R // 2, L), sums of consecutive row pairs."""
+        rows = x.shape[0]
+        idx = torch.nonzero(torch.ones(rows)).flatten()
+        counts = torch.bincount(torch.arange(rows // 2).repeat(2))  # [2, 2, ...]
+        offsets = torch.cumsum(counts, 0) - counts
+        w = torch.full((rows,), 0.5) if self.weighted else None
+        return torch.nn.functional.embedding_bag(idx, x, offsets, mode="sum", per_sample_weights=w)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_embedding_bag_row_sums_and_index_building(weighted):
+    x = torch.randn(6, 7)
+    got = _Bags(weighted)(x)
+    torch.testing.assert_close(got, (x[0::2] + x[1::2]) * (0.5 if weighted else 1.0))
+    flops, ops, uncounted = count_elementwise(_Bags(weighted), x)
+    # 6 rows of 7 summed (x2 when weighted); bincount/nonzero/integer cumsum are index building
+    assert uncounted == () and flops == 0
+    assert ops == 6 * 7 * (2 if weighted else 1) + 3  # + the 3-element pointwise subtraction

@@ -14,11 +14,14 @@ module under a dispatch mode that sees every ATen op and counts the rest by thes
 * the bias of a convolution / addmm / baddbmm: 1 per output element;
 * matrix-vector products (``mv``, ``dot``), which FlopCounterMode has no formula for: 2 per
   matrix element;
+* row sums by ``embedding_bag`` (bags of rows added up): 1 per summed element, 2 with
+  per-sample weights (multiply and add);
 * softmax: 5 per element (max, subtract, exp, sum, divide);
 * a norm that computes statistics (group norm, batch norm in training): 5 per element
   (sum, subtract-square, sum, then scale and shift); batch norm in eval: 2 per element;
 * data movement and index construction (views, cat, copies, dtype casts, gathers, arange,
-  scalar read-backs): 0.
+  ``nonzero``, ``bincount``, integer ``cumsum``, scalar read-backs): 0; a floating-point
+  ``cumsum`` is 1 per element.
 
 Any other op is listed in ``AttentionCost.uncounted`` instead of being guessed; the built-in
 modules have none (a test checks it). Costs are for one forward in eval mode.
@@ -50,6 +53,8 @@ _POINTWISE_EXTRA = {
 }
 # products FlopCounterMode has no formula for: 2 per element of the matrix (multiply + add)
 _MATVEC = {aten.mv, aten.dot, aten.vdot}
+_BAG_SUM = {aten._embedding_bag_forward_only, aten._embedding_bag, aten.embedding_bag}
+_INDEX_BUILD = {aten.nonzero, aten.bincount}
 _SOFTMAX = {aten._softmax, aten._log_softmax, aten.softmax, aten.log_softmax}
 _NORM_WITH_STATS = {
     aten.native_group_norm, aten.native_batch_norm, aten._native_batch_norm_legit,
@@ -103,6 +108,14 @@ class _ElementwiseCounter(TorchDispatchMode):
             self.ops += _numel(first)
         elif packet in _MATVEC:
             self.ops += 2 * _numel(first)
+        elif packet in _BAG_SUM:
+            weight, indices = args[0], args[1]
+            weighted = len(args) > 6 and args[6] is not None or kwargs.get("per_sample_weights") is not None
+            self.ops += _numel(indices) * (weight.shape[1] if weight.dim() == 2 else 1) * (2 if weighted else 1)
+        elif packet == aten.cumsum:
+            self.ops += _numel(first) if first is not None and first.is_floating_point() else 0
+        elif packet in _INDEX_BUILD:
+            pass
         elif packet in _SOFTMAX:
             self.ops += 5 * out_n
         elif packet in _NORM_WITH_STATS:

@@ -205,8 +205,8 @@ def mlca_plain(
     x: (B, C, H, W); w_global, w_local: (1, 1, k) conv weights -> (B, C, H, W) in x's dtype.
 
     When H and W are multiples of ``local_size`` (the 320/640-px YOLO maps), pooling is a
-    reshape and a mean over each bin and unpooling a broadcast over the bins
-    (``_mlca_blocks``); otherwise the exact banded gathers of ``_pooling.py``
+    reshape and a mean over each bin and unpooling a nearest resize by the bin size (exported
+    graphs) or a broadcast over the bins (scripted modules) (``_mlca_blocks``); otherwise the exact banded gathers of ``_pooling.py``
     (``_mlca_gathers``). Both give the seed's values, non-finite ones included. The choice is
     made in Python on concrete sizes (a static export, a scripted module at run time);
     symbolic sizes (a dynamic export) and ``jit.trace`` (which would bake the branch into a
@@ -231,12 +231,10 @@ def mlca_plain_dense(
     Equal to ``mlca_plain`` for finite x; at those sizes a NaN/Inf in x spreads over its whole
     H x W plane (``0 * nan``), see ``export_formulation``.
     """
-    h, w = x.shape[2], x.shape[3]
+    if _static_blocks(x.shape[2], x.shape[3], local_size):
+        return mlca_plain(x, w_global, w_local, local_size, local_weight)  # the block formulation
     cdt = _compute_dtype(x)
-    wg, wl = w_global.to(cdt), w_local.to(cdt)
-    if _static_blocks(h, w, local_size):
-        return _mlca_blocks(x, wg, wl, local_size, local_weight)
-    return _mlca_dense(x, wg, wl, local_size, local_weight)
+    return _mlca_dense(x, w_global.to(cdt), w_local.to(cdt), local_size, local_weight)
 
 
 EXPORT_FORMULATIONS = ("exact", "dense")
