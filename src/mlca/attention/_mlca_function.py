@@ -169,8 +169,9 @@ def _conv_same(x: Tensor, w: Tensor) -> Tensor:
 
     CPU, small: one ``F.conv1d``; for B > 1 the B rows, each padded, laid end to end as one
     sequence and convolved in one call without padding; row b's outputs start at b * (L + 2p)
-    (the window never crosses into the next row's values, only into its zero padding). CPU, large: k scaled adds with the
-    taps as Python numbers. Elsewhere: the shifted multiply-adds of ``conv1d_same``.
+    (the window never crosses into the next row's values, only into its zero padding).
+    CPU, large: k scaled adds with the taps as Python numbers. Elsewhere: the shifted
+    multiply-adds of ``conv1d_same``.
     """
     if x.device.type != "cpu" or x.numel() == 0:
         from .mlca import conv1d_same  # late import: mlca.py imports this module lazily too

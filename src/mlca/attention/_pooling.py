@@ -28,8 +28,9 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "adaptive_bins", "adaptive_mean", "adaptive_mean_adjoint", "cached_bins", "cached_full",
-    "cached_pool_matrix", "matrix_grow", "matrix_shrink", "pool_matrix",
+    "adaptive_bins", "adaptive_mean", "adaptive_mean_adjoint", "bag_grow", "bag_shrink",
+    "cached_bags", "cached_bins", "cached_full", "cached_pool_matrix", "matrix_grow",
+    "matrix_shrink", "pool_matrix",
 ]
 
 

@@ -110,7 +110,7 @@ class _ElementwiseCounter(TorchDispatchMode):
             self.ops += 2 * _numel(first)
         elif packet in _BAG_SUM:
             weight, indices = args[0], args[1]
-            weighted = len(args) > 6 and args[6] is not None or kwargs.get("per_sample_weights") is not None
+            weighted = (len(args) > 6 and args[6] is not None) or kwargs.get("per_sample_weights") is not None
             self.ops += _numel(indices) * (weight.shape[1] if weight.dim() == 2 else 1) * (2 if weighted else 1)
         elif packet == aten.cumsum:
             self.ops += _numel(first) if first is not None and first.is_floating_point() else 0

@@ -184,8 +184,9 @@ def _mlca_dense(
     """MLCA at any size with averaging matrices: x (B, C, H, W) -> (B, C, H, W).
 
     Pooling is ``Ph @ x @ Pw.T`` and unpooling ``Uh @ mix @ Uw.T`` with the matrices of
-    ``pool_matrix`` built from the (symbolic) sizes, the same products as the eager kernels'
-    (``matrix_shrink`` / ``matrix_grow``). The weights are in the compute dtype already.
+    ``pool_matrix`` built from the (symbolic) sizes, as GEMMs (``matrix_shrink`` /
+    ``matrix_grow``, which the eager kernels use off the CPU). The weights are in the compute
+    dtype already.
     """
     h, w = x.shape[2], x.shape[3]
     cdt = w_global.dtype
@@ -206,8 +207,8 @@ def mlca_plain(
 
     When H and W are multiples of ``local_size`` (the 320/640-px YOLO maps), pooling is a
     reshape and a mean over each bin and unpooling a nearest resize by the bin size (exported
-    graphs) or a broadcast over the bins (scripted modules) (``_mlca_blocks``); otherwise the exact banded gathers of ``_pooling.py``
-    (``_mlca_gathers``). Both give the seed's values, non-finite ones included. The choice is
+    graphs) or a broadcast over the bins (scripted modules) (``_mlca_blocks``); otherwise the
+    exact banded gathers of ``_pooling.py`` (``_mlca_gathers``). Both give the seed's values, non-finite ones included. The choice is
     made in Python on concrete sizes (a static export, a scripted module at run time);
     symbolic sizes (a dynamic export) and ``jit.trace`` (which would bake the branch into a
     graph later run at other sizes) always get the gathers. (A run-time ``torch.cond`` between
