@@ -12,13 +12,19 @@ from hypothesis import given, settings, strategies as st
 
 import _mlca_ref as ref
 from mlca.attention import create_attention
+from mlca.attention._native import native_available
 from mlca.attention.mlca import MLCA, eca_kernel_size, mlca_plain, mlca_plain_dense
 
+# The CPU kernels under test: PyTorch's, and the C extension's where it is built (CI checks that
+# it is: test_mlca_native.py).
+BACKENDS = ["torch", "c"] if native_available() else ["torch"]
 
-def _pair(c: int, ls: int, lw: float, seed: int, dtype=torch.float64) -> tuple[MLCA, tuple]:
+
+def _pair(c: int, ls: int, lw: float, seed: int, dtype=torch.float64,
+          backend: str = "auto") -> tuple[MLCA, tuple]:
     """An MLCA with random kernels and the float64 copies of its weights for the reference."""
     gen = torch.Generator().manual_seed(seed)
-    m = MLCA(c, local_size=ls, local_weight=lw).to(dtype)
+    m = MLCA(c, local_size=ls, local_weight=lw, backend=backend).to(dtype)
     ref.random_weights(m, gen)
     w = (m.conv.weight.detach().double(), m.conv_local.weight.detach().double())
     return m, w
@@ -59,9 +65,12 @@ def _weight_grad_scale(seq: torch.Tensor, grad_out: torch.Tensor, k: int) -> flo
     return max(float(m) for m in mags)
 
 
-def _check_against_reference(shape, ls, lw, seed, dtype, tol, channels_last=False):
+def _check_against_reference(shape, ls, lw, seed, dtype, tol, channels_last=False,
+                             backend="torch"):
     b, c, h, w = shape
-    m, (wg, wl) = _pair(c, ls, lw, seed, dtype)
+    if channels_last and c > 1:
+        backend = "torch"  # the C kernels take NCHW only (forcing them on channels_last raises)
+    m, (wg, wl) = _pair(c, ls, lw, seed, dtype, backend)
     gen = torch.Generator().manual_seed(seed + 1)
     # The reference gets exactly the values the layer gets (rounded to ``dtype``), so the check
     # measures the layer's arithmetic, not the rounding of its inputs.
@@ -112,9 +121,11 @@ def _check_against_reference(shape, ls, lw, seed, dtype, tol, channels_last=Fals
     lw=st.floats(0.0, 1.0),
     seed=st.integers(0, 2**16),
     channels_last=st.booleans(),
+    backend=st.sampled_from(BACKENDS),
 )
-def test_float64_matches_reference_any_shape(b, c, h, w, ls, lw, seed, channels_last):
-    _check_against_reference((b, c, h, w), ls, lw, seed, torch.float64, 1e-10, channels_last)
+def test_float64_matches_reference_any_shape(b, c, h, w, ls, lw, seed, channels_last, backend):
+    _check_against_reference((b, c, h, w), ls, lw, seed, torch.float64, 1e-10, channels_last,
+                             backend)
 
 
 @settings(max_examples=20, deadline=None)
@@ -125,9 +136,10 @@ def test_float64_matches_reference_any_shape(b, c, h, w, ls, lw, seed, channels_
     w=st.integers(1, 40),
     ls=st.sampled_from([1, 3, 5, 7]),
     seed=st.integers(0, 2**16),
+    backend=st.sampled_from(BACKENDS),
 )
-def test_float32_matches_reference_any_shape(b, c, h, w, ls, seed):
-    _check_against_reference((b, c, h, w), ls, 0.5, seed, torch.float32, 1e-5)
+def test_float32_matches_reference_any_shape(b, c, h, w, ls, seed, backend):
+    _check_against_reference((b, c, h, w), ls, 0.5, seed, torch.float32, 1e-5, backend=backend)
 
 
 @pytest.mark.parametrize(
@@ -142,10 +154,12 @@ def test_float32_matches_reference_any_shape(b, c, h, w, ls, seed):
         ((3, 64, 15, 10), 5),  # several rows laid end to end in one conv1d call
     ],
 )
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_named_shapes(shape, ls, channels_last):
-    _check_against_reference(shape, ls, 0.5, 7, torch.float64, 1e-10, channels_last)
-    _check_against_reference(shape, ls, 0.5, 8, torch.float32, 1e-5, channels_last)
+@pytest.mark.parametrize("layout", ["channels_last"] + BACKENDS)
+def test_named_shapes(shape, ls, layout):
+    cl = layout == "channels_last"
+    backend = "torch" if cl else layout
+    _check_against_reference(shape, ls, 0.5, 7, torch.float64, 1e-10, cl, backend)
+    _check_against_reference(shape, ls, 0.5, 8, torch.float32, 1e-5, cl, backend)
 
 
 @pytest.mark.parametrize("shape", [(2, 16, 20, 20), (2, 16, 17, 23), (1, 3, 2, 6)])
@@ -217,11 +231,12 @@ def test_empty_spatial_input_raises():
 
 @pytest.mark.parametrize("shape", [(1, 8, 20, 20), (1, 8, 17, 11), (1, 5, 3, 4)])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_non_finite_values_land_where_the_seeds_do(shape, bad):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_finite_values_land_where_the_seeds_do(shape, bad, backend):
     gen = torch.Generator().manual_seed(0)
     seed = ref.SeedMLCA(shape[1])
     ref.random_weights(seed, gen)
-    m = MLCA(shape[1])
+    m = MLCA(shape[1], backend=backend)
     m.load_state_dict(seed.state_dict())
     x = torch.randn(shape, generator=gen)
     x[0, 0, 1, 2] = bad  # channel 0: the local conv wraps into the last channel of the bin before
@@ -233,22 +248,24 @@ def test_non_finite_values_land_where_the_seeds_do(shape, bad):
     assert _rel_err(y[fin], ys[fin]) < 1e-5
 
 
-def test_does_not_call_adaptive_pooling(monkeypatch):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_does_not_call_adaptive_pooling(monkeypatch, backend):
     def forbidden(*a, **k):
         raise AssertionError("adaptive pooling called at run time")
 
     monkeypatch.setattr(F, "adaptive_avg_pool2d", forbidden)
     monkeypatch.setattr(torch._C._nn, "adaptive_avg_pool2d", forbidden)
     monkeypatch.setattr(torch, "_adaptive_avg_pool2d", forbidden, raising=False)
-    m = MLCA(8)
+    m = MLCA(8, backend=backend)
     for shape in [(2, 8, 20, 20), (2, 8, 7, 9)]:
         x = torch.randn(shape, requires_grad=True)
         m(x).sum().backward()
         mlca_plain(x, m.conv.weight, m.conv_local.weight, 5, 0.5).sum().backward()
 
 
-def test_deterministic_mode_bitwise_repeatable():
-    m, _ = _pair(16, 5, 0.5, 1, torch.float32)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_deterministic_mode_bitwise_repeatable(backend):
+    m, _ = _pair(16, 5, 0.5, 1, torch.float32, backend)
     prev = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
@@ -296,7 +313,8 @@ def test_low_precision_grads(dtype):
     assert _rel_err(x.grad, xr.grad) < 2e-2
 
 
-def test_keeps_less_for_backward_than_the_seed():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_keeps_less_for_backward_than_the_seed(backend):
     """Activation memory saved for backward: x plus (B, C, ls, ls)-sized tensors only."""
 
     def saved_bytes(mod, x):
@@ -311,7 +329,7 @@ def test_keeps_less_for_backward_than_the_seed():
         return sum(storages.values())
 
     x = torch.randn(2, 32, 40, 40, requires_grad=True)
-    seed, m = ref.SeedMLCA(32), MLCA(32)
+    seed, m = ref.SeedMLCA(32), MLCA(32, backend=backend)
     ours, theirs = saved_bytes(m, x), saved_bytes(seed, x)
     assert ours <= theirs
     assert ours <= x.numel() * 4 + 64 * 1024  # x itself + small maps, never an H x W map

@@ -34,6 +34,7 @@ from ._pooling import (
     adaptive_mean, adaptive_mean_adjoint, bag_grow, bag_shrink, cached_bags, cached_bins,
     cached_full, cached_pool_matrix, matrix_grow, matrix_shrink,
 )
+from ._native import native_backward, native_forward
 
 __all__ = ["mlca_function"]
 
@@ -257,12 +258,15 @@ def _mix_backward(
 
 
 def mlca_forward_core(
-    x: Tensor, w_global: Tensor, w_local: Tensor, ls: int, lw: float
+    x: Tensor, w_global: Tensor, w_local: Tensor, ls: int, lw: float, native: bool = False
 ) -> Tuple[Tensor, Tensor]:
     """Forward without autograd: x (B, C, H, W) -> (out (B, C, H, W), local (B, C, ls, ls)).
 
     ``local`` (the pooled map, float32/float64) is all the backward needs besides x.
+    ``native``: run the C kernels (``_native.py``; the caller checked that they take x).
     """
+    if native:
+        return native_forward(x, w_global, w_local, ls, lw)
     h, w = x.shape[2], x.shape[3]
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
     wg, wl = w_global.to(cdt), w_local.to(cdt)
@@ -294,12 +298,15 @@ def mlca_forward_core(
 
 def mlca_backward_core(
     g: Tensor, x: Tensor, local: Tensor, w_global: Tensor, w_local: Tensor, ls: int, lw: float,
-    needs: Tuple[bool, bool, bool] = (True, True, True),
+    needs: Tuple[bool, bool, bool] = (True, True, True), native: bool = False,
 ) -> Tuple[Tensor | None, Tensor | None, Tensor | None]:
     """Backward without autograd: grads of x, w_global, w_local (None where not needed).
 
-    Recomputes the small map from ``local`` and the H x W attention on the fly.
+    Recomputes the small map from ``local`` and the H x W attention on the fly; ``native``:
+    with the C kernels (the forward's choice).
     """
+    if native:
+        return native_backward(g, x, local, w_global, w_local, ls, lw, needs)
     need_x, need_wg, need_wl = needs
     h, w = x.shape[2], x.shape[3]
     cdt = local.dtype
@@ -369,22 +376,26 @@ def mlca_backward_core(
 
 class _MLCAFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, w_global: Tensor, w_local: Tensor, ls: int, lw: float) -> Tensor:
-        out, local = mlca_forward_core(x, w_global, w_local, ls, lw)
+    def forward(ctx, x: Tensor, w_global: Tensor, w_local: Tensor, ls: int, lw: float,
+                native: bool) -> Tensor:
+        out, local = mlca_forward_core(x, w_global, w_local, ls, lw, native)
         ctx.save_for_backward(x, local, w_global, w_local)
-        ctx.ls, ctx.lw = ls, lw
+        ctx.ls, ctx.lw, ctx.native = ls, lw, native
         return out
 
     @staticmethod
     def backward(ctx, g: Tensor):
         x, local, w_global, w_local = ctx.saved_tensors
         grads = mlca_backward_core(g, x, local, w_global, w_local, ctx.ls, ctx.lw,
-                                   tuple(ctx.needs_input_grad[:3]))
-        return (*grads, None, None)
+                                   tuple(ctx.needs_input_grad[:3]), ctx.native)
+        return (*grads, None, None, None)
 
 
 def mlca_function(
-    x: Tensor, w_global: Tensor, w_local: Tensor, local_size: int, local_weight: float
+    x: Tensor, w_global: Tensor, w_local: Tensor, local_size: int, local_weight: float,
+    native: bool = False,
 ) -> Tensor:
-    """MLCA forward with the recomputing backward. x: (B, C, H, W) -> (B, C, H, W)."""
-    return _MLCAFunction.apply(x, w_global, w_local, local_size, local_weight)
+    """MLCA forward with the recomputing backward. x: (B, C, H, W) -> (B, C, H, W).
+
+    ``native``: the C kernels (``_native.py``) instead of the PyTorch ones, both directions."""
+    return _MLCAFunction.apply(x, w_global, w_local, local_size, local_weight, native)

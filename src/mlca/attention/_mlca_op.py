@@ -21,14 +21,15 @@ __all__ = ["mlca_op"]
 
 @torch.library.custom_op("mlca::mlca_fwd", mutates_args=())
 def _mlca_fwd(
-    x: Tensor, w_global: Tensor, w_local: Tensor, local_size: int, local_weight: float
+    x: Tensor, w_global: Tensor, w_local: Tensor, local_size: int, local_weight: float,
+    native: bool,
 ) -> Tuple[Tensor, Tensor]:
-    out, local = mlca_forward_core(x, w_global, w_local, local_size, local_weight)
+    out, local = mlca_forward_core(x, w_global, w_local, local_size, local_weight, native)
     return out, local
 
 
 @_mlca_fwd.register_fake
-def _mlca_fwd_fake(x, w_global, w_local, local_size, local_weight):
+def _mlca_fwd_fake(x, w_global, w_local, local_size, local_weight, native):
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
     local = x.new_empty((x.shape[0], x.shape[1], local_size, local_size), dtype=cdt)
     return torch.empty_like(x), local
@@ -37,35 +38,37 @@ def _mlca_fwd_fake(x, w_global, w_local, local_size, local_weight):
 @torch.library.custom_op("mlca::mlca_bwd", mutates_args=())
 def _mlca_bwd(
     g: Tensor, x: Tensor, local: Tensor, w_global: Tensor, w_local: Tensor, local_size: int,
-    local_weight: float,
+    local_weight: float, native: bool,
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    gx, gwg, gwl = mlca_backward_core(g, x, local, w_global, w_local, local_size, local_weight)
+    gx, gwg, gwl = mlca_backward_core(g, x, local, w_global, w_local, local_size, local_weight,
+                                      native=native)
     return gx, gwg, gwl
 
 
 @_mlca_bwd.register_fake
-def _mlca_bwd_fake(g, x, local, w_global, w_local, local_size, local_weight):
+def _mlca_bwd_fake(g, x, local, w_global, w_local, local_size, local_weight, native):
     return torch.empty_like(x), torch.empty_like(w_global), torch.empty_like(w_local)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, w_global, w_local, local_size, local_weight = inputs
+    x, w_global, w_local, local_size, local_weight, native = inputs
     ctx.save_for_backward(x, output[1], w_global, w_local)
-    ctx.local_size, ctx.local_weight = local_size, local_weight
+    ctx.local_size, ctx.local_weight, ctx.native = local_size, local_weight, native
 
 
 def _backward(ctx, g_out, g_local):
     x, local, w_global, w_local = ctx.saved_tensors
     gx, gwg, gwl = _mlca_bwd(g_out, x, local, w_global, w_local, ctx.local_size,
-                             ctx.local_weight)
-    return gx, gwg, gwl, None, None
+                             ctx.local_weight, ctx.native)
+    return gx, gwg, gwl, None, None, None
 
 
 _mlca_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def mlca_op(
-    x: Tensor, w_global: Tensor, w_local: Tensor, local_size: int, local_weight: float
+    x: Tensor, w_global: Tensor, w_local: Tensor, local_size: int, local_weight: float,
+    native: bool = False,
 ) -> Tensor:
-    """MLCA through the custom op. x: (B, C, H, W) -> (B, C, H, W)."""
-    return _mlca_fwd(x, w_global, w_local, local_size, local_weight)[0]
+    """MLCA through the custom op (``native``: the C kernels). x: (B, C, H, W) -> (B, C, H, W)."""
+    return _mlca_fwd(x, w_global, w_local, local_size, local_weight, native)[0]

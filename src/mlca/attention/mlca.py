@@ -23,8 +23,11 @@ code through an opaque custom op (``_mlca_op.py``). Scripting, tracing and expor
 ``torch.export``) use the plain differentiable formulation (``mlca_plain``), which has no Python
 branches on sizes.
 
-Backends (issue 7): ``backend="auto" | "torch" | "triton"`` per module, or globally with
-``set_default_backend(...)`` / the ``MLCA_BACKEND`` environment variable.
+Backends: ``backend="auto" | "torch" | "c" | "triton"`` per module, or globally with
+``set_default_backend(...)`` / the ``MLCA_BACKEND`` environment variable. "c" is the fused CPU
+kernels of the C extension built at install time (``_native.py``; contiguous float32/float64
+CPU tensors), "triton" the GPU kernels of issue 7, "torch" the PyTorch kernels; "auto" takes
+Triton for CUDA float tensors, C for the CPU tensors it covers, PyTorch for everything else.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ __all__ = [
     "get_default_backend", "export_formulation", "EXPORT_FORMULATIONS",
 ]
 
-_BACKENDS = ("auto", "torch", "triton")
+_BACKENDS = ("auto", "torch", "c", "triton")
 _default_backend: Optional[str] = None  # set_default_backend(); None -> $MLCA_BACKEND or "auto"
 
 
@@ -298,9 +301,10 @@ class MLCA(nn.Module):
         local_size: side of the local pooling grid (ls x ls bins).
         gamma, b: ECA kernel-size rule, ``k = odd(int(|log2(in_size) + b| / gamma))``.
         local_weight: weight of the local attention against the global one, in [0, 1].
-        backend: ``"auto"`` (Triton for CUDA float tensors when available, else PyTorch),
-            ``"torch"`` or ``"triton"``; ``"auto"`` defers to ``set_default_backend`` /
-            ``$MLCA_BACKEND``.
+        backend: ``"auto"`` (Triton for CUDA float tensors when available, the C kernels for
+            contiguous float32/float64 CPU tensors when built, else PyTorch), ``"torch"``,
+            ``"c"`` or ``"triton"``; ``"auto"`` defers to ``set_default_backend`` /
+            ``$MLCA_BACKEND``. A forced backend that cannot take the input raises.
 
     Parameters are ``conv.weight`` and ``conv_local.weight`` (1, 1, k), as in the seed, so
     state_dicts load both ways with ``strict=True``.
@@ -389,21 +393,28 @@ class MLCA(nn.Module):
                 if backend == "triton" or triton_available():
                     return mlca_triton(x, wg, wl, self.local_size, self.local_weight)
 
-        # --- PyTorch paths: exporters get the branch-free formulation (one graph valid for
-        # every size, standard ops only); torch.compile gets the same fast kernels as eager
-        # through an opaque custom op (one graph, no break); eager gets the Function with the
-        # recomputing backward.
+        # --- Exporters get the branch-free formulation (one graph valid for every size, standard
+        # ops only); torch.compile gets the fast kernels (C or PyTorch) through an opaque custom op
+        # (one graph, no break); eager gets the Function with the recomputing backward.
         if exporting:
             plain = mlca_plain_dense if _export_formulation == "dense" else mlca_plain
             return plain(x, wg, wl, self.local_size, self.local_weight)
+        native = False
+        if backend in ("auto", "c"):
+            from ._native import native_unsupported
+
+            why = native_unsupported(x)
+            if backend == "c" and why is not None:
+                raise ValueError(f"MLCA backend 'c' cannot run this input: {why}")
+            native = why is None
         if traced:
             from ._mlca_op import mlca_op
 
-            return mlca_op(x, wg, wl, self.local_size, self.local_weight)
+            return mlca_op(x, wg, wl, self.local_size, self.local_weight, native)
         from ._mlca_function import mlca_forward_core, mlca_function
 
         if not (torch.is_grad_enabled() and (x.requires_grad or wg.requires_grad
                                              or wl.requires_grad)):
             # inference: no autograd.Function to set up, nothing kept for a backward
-            return mlca_forward_core(x, wg, wl, self.local_size, self.local_weight)[0]
-        return mlca_function(x, wg, wl, self.local_size, self.local_weight)
+            return mlca_forward_core(x, wg, wl, self.local_size, self.local_weight, native)[0]
+        return mlca_function(x, wg, wl, self.local_size, self.local_weight, native)

@@ -1,0 +1,114 @@
+"""MLCA's fused CPU kernels (the optional C extension ``_mlca_c``): when they apply, and the calls.
+
+The extension is built by ``pip install`` where a C compiler is present (``setup.py``); without
+it everything runs on the PyTorch kernels of ``_mlca_function.py``. It covers contiguous
+(NCHW) float32/float64 CPU tensors -- every size, local_size and channel count -- and computes
+the same function as the PyTorch path (same adaptive-pooling bins, sums over bin members only,
+so NaN/Inf stay where adaptive pooling puts them).
+
+Forward: ``forward_small`` (pool x to ls x ls, gate pre-activations), ``sigmoid_``,
+``forward_scale`` (x times the attention rebuilt on the fly). Backward: ``backward_pool``
+(``U^T(g * x)``), the gates recomputed from the saved pooled map, ``backward_small`` (the gate
+and 1-D conv chain), ``backward_dx`` (``g * U(mix) + P^T(dlocal)``). Each big step is one pass
+over its tensors, parallel over planes on PyTorch's thread count.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+try:  # imported after torch: the extension's OpenMP runtime is the one torch loaded
+    from . import _mlca_c
+except ImportError:  # not built (no compiler at install time): the PyTorch kernels run instead
+    _mlca_c = None
+
+__all__ = ["native_available", "native_unsupported", "native_forward", "native_backward"]
+
+_DTYPES = (torch.float32, torch.float64)
+
+
+def native_available() -> bool:
+    """True when the C extension was built and imports."""
+    return _mlca_c is not None
+
+
+def native_unsupported(x: Tensor) -> Optional[str]:
+    """Why the C kernels cannot take ``x`` (a sentence), or None when they can."""
+    if _mlca_c is None:
+        return "the C extension mlca.attention._mlca_c is not built (reinstall mlca with a C compiler)"
+    if x.device.type != "cpu":
+        return f"the C kernels run on the CPU, got a tensor on {x.device}"
+    if x.dtype not in _DTYPES:
+        return f"the C kernels take float32 or float64, got {x.dtype}"
+    if not x.is_contiguous():
+        return "the C kernels take contiguous (NCHW) tensors, got a non-contiguous or channels_last one"
+    return None
+
+
+def _flat(w: Tensor, dtype: torch.dtype) -> Tensor:
+    return w.detach().reshape(-1).to(dtype).contiguous()
+
+
+def _gates(x: Optional[Tensor], local: Tensor, wg: Tensor, wl: Tensor, ls: int) -> Tensor:
+    """The gates (B, C + ls*ls*C) after the sigmoid; pools x into ``local`` first when given."""
+    b, c = local.shape[0], local.shape[1]
+    h, w = (x.shape[2], x.shape[3]) if x is not None else (ls, ls)
+    pre = torch.empty(b, c + ls * ls * c, dtype=local.dtype)
+    _mlca_c.forward_small(
+        local.dtype == torch.float64, 0 if x is None else x.data_ptr(), local.data_ptr(),
+        pre.data_ptr(), wg.data_ptr(), wl.data_ptr(), b, c, h, w, ls, wg.numel(),
+        torch.get_num_threads())
+    return pre.sigmoid_()
+
+
+def native_forward(
+    x: Tensor, w_global: Tensor, w_local: Tensor, ls: int, lw: float
+) -> Tuple[Tensor, Tensor]:
+    """x (B, C, H, W) contiguous float32/64 on the CPU -> (out (B, C, H, W), local (B, C, ls, ls))."""
+    b, c, h, w = x.shape
+    if x.numel() == 0:
+        return torch.empty_like(x), torch.zeros(b, c, ls, ls, dtype=x.dtype)
+    wg, wl = _flat(w_global, x.dtype), _flat(w_local, x.dtype)
+    local = torch.empty(b, c, ls, ls, dtype=x.dtype)
+    sig = _gates(x, local, wg, wl, ls)
+    out = torch.empty_like(x)
+    _mlca_c.forward_scale(x.dtype == torch.float64, x.data_ptr(), out.data_ptr(), sig.data_ptr(),
+                          b, c, h, w, ls, float(lw), torch.get_num_threads())
+    return out, local
+
+
+def native_backward(
+    g: Tensor, x: Tensor, local: Tensor, w_global: Tensor, w_local: Tensor, ls: int, lw: float,
+    needs: Tuple[bool, bool, bool] = (True, True, True),
+) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """Grads of x, w_global, w_local (None where not needed) from g (B, C, H, W)."""
+    b, c, h, w = x.shape
+    if x.numel() == 0:
+        return (torch.zeros_like(x) if needs[0] else None,
+                torch.zeros_like(w_global) if needs[1] else None,
+                torch.zeros_like(w_local) if needs[2] else None)
+    dbl = x.dtype == torch.float64
+    nt = torch.get_num_threads()
+    g = g.to(x.dtype).contiguous()
+    wg, wl = _flat(w_global, x.dtype), _flat(w_local, x.dtype)
+    k = wg.numel()
+    sig = _gates(None, local, wg, wl, ls)
+    gmix = torch.empty(b, c, ls, ls, dtype=x.dtype)
+    _mlca_c.backward_pool(dbl, g.data_ptr(), x.data_ptr(), gmix.data_ptr(), b, c, h, w, ls, nt)
+    glocal = torch.empty_like(gmix)
+    gwg = torch.empty(k, dtype=x.dtype)
+    gwl = torch.empty(k, dtype=x.dtype)
+    _mlca_c.backward_small(dbl, local.data_ptr(), sig.data_ptr(), gmix.data_ptr(), wg.data_ptr(),
+                           wl.data_ptr(), float(lw), b, c, ls, k, glocal.data_ptr(),
+                           gwg.data_ptr(), gwl.data_ptr(), nt)
+    gx = None
+    if needs[0]:
+        gx = torch.empty_like(x)
+        _mlca_c.backward_dx(dbl, g.data_ptr(), gx.data_ptr(), sig.data_ptr(), glocal.data_ptr(),
+                            b, c, h, w, ls, float(lw), nt)
+    g_wg = gwg.view(w_global.shape).to(w_global.dtype) if needs[1] else None
+    g_wl = gwl.view(w_local.shape).to(w_local.dtype) if needs[2] else None
+    return gx, g_wg, g_wl
