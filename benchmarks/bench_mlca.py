@@ -96,6 +96,12 @@ def _naive(c: int, dev: torch.device) -> nn.Module:
 
 
 def _mlca(c: int, dev: torch.device) -> nn.Module:
+    """The default: backend "auto" (on the CPU the C kernels when built, else PyTorch's)."""
+    return MLCA(c).to(dev)
+
+
+def _mlca_torch(c: int, dev: torch.device) -> nn.Module:
+    """The PyTorch kernels (what "auto" runs where the C extension is not built)."""
     return MLCA(c, backend="torch").to(dev)
 
 
@@ -111,6 +117,7 @@ CONTENDERS: list[Contender] = [
     Contender("naive compiled", _compiled(_naive), compiled=True),
     Contender("mlca eager", _mlca),
     Contender("mlca compiled", _compiled(_mlca), compiled=True),
+    Contender("mlca torch-kernels", _mlca_torch, devices=("cpu",)),
 ]
 
 

@@ -2,8 +2,9 @@
  *
  * Why C: on the CPU the PyTorch formulation is a dozen small ops plus a broadcast multiply whose
  * inner loop is one image row; at YOLO's 20x20 and 40x40 maps their per-op and per-row costs
- * dominate. Here the forward is two passes over x (pool; scale) around one sigmoid, and the
- * backward two passes (pool of g*x; g*att + P^T), each parallel over the B*C planes.
+ * dominate. Here the forward is one call: two passes over x (pool; scale) around the small gate
+ * work, and the backward one call with two passes (pool of g*x; g*att + P^T), each parallel over
+ * the B*C planes inside one OpenMP region.
  *
  * Plain C against CPython's API only (no PyTorch headers: it builds in a second with any C
  * compiler and does not depend on the installed torch's ABI). Tensors arrive as data pointers
@@ -17,6 +18,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,12 +53,14 @@ static void split_range(int64_t n, int64_t *lo, int64_t *hi)
  *           which is also the set of bins whose pooling window holds h. */
 struct axis {
     int64_t *pool_start, *pool_end, *unpool_start, *unpool_end;
-    int blocks; /* n is a multiple of ls: every window is one bin / kh pixels */
+    double *pool_inv, *unpool_inv; /* 1 / window length: pooling (ls,), unpooling (n,) */
+    int blocks;                    /* n is a multiple of ls: every window is one bin / kh pixels */
 };
 
 static void axis_free(struct axis *a)
 {
     free(a->pool_start);
+    free(a->pool_inv);
     memset(a, 0, sizeof(*a));
 }
 
@@ -64,30 +68,73 @@ static int axis_init(struct axis *a, int64_t n, int64_t ls)
 {
     memset(a, 0, sizeof(*a));
     int64_t *buf = (int64_t *)malloc(sizeof(int64_t) * (size_t)(2 * ls + 2 * n));
-    if (buf == NULL)
+    double *inv = (double *)malloc(sizeof(double) * (size_t)(ls + n));
+    if (buf == NULL || inv == NULL) {
+        free(buf);
+        free(inv);
         return 1;
+    }
     a->pool_start = buf;
     a->pool_end = buf + ls;
     a->unpool_start = buf + 2 * ls;
     a->unpool_end = buf + 2 * ls + n;
+    a->pool_inv = inv;
+    a->unpool_inv = inv + ls;
     for (int64_t i = 0; i < ls; ++i) {
         a->pool_start[i] = i * n / ls;
         a->pool_end[i] = ((i + 1) * n + ls - 1) / ls;
+        a->pool_inv[i] = 1.0 / (double)(a->pool_end[i] - a->pool_start[i]);
     }
     for (int64_t h = 0; h < n; ++h) {
         a->unpool_start[h] = h * ls / n;
         a->unpool_end[h] = ((h + 1) * ls + n - 1) / n;
+        a->unpool_inv[h] = 1.0 / (double)(a->unpool_end[h] - a->unpool_start[h]);
     }
     a->blocks = n % ls == 0;
     return 0;
 }
 
-/* Positions per task of the 1-D convolutions (a task = one slice of one batch's sequence). */
+/* Positions per task of the 1-D convolutions and the sigmoid (a task = one slice of one batch's
+ * sequence). */
 #define CONV_CHUNK 8192
 
 static int64_t conv_tasks(int64_t B, int64_t n)
 {
     return B * ((n + CONV_CHUNK - 1) / CONV_CHUNK);
+}
+
+/* sigmoid(x) = 1 / (1 + e^-x). float: e^z by Cody-Waite range reduction (z = n ln2 + r, n
+ * rounded with the 1.5 * 2^23 trick) and Cephes' degree-6 polynomial for e^r, 2^n from the
+ * exponent bits: branch-free, so the sigmoid loop vectorises (libm's expf call does not), within
+ * 2 ulp of e^z on [-87, 88]; z is clamped there first (sigmoid is 0 or 1 beyond it in float).
+ * NaN in, NaN out; +-Inf give 0 and 1. double: libm's exp (the float64 path is for accuracy). */
+static inline float sigmoid_f(float x)
+{
+    float z = -x;
+    z = z > 88.0f ? 88.0f : z; /* comparisons keep NaN */
+    z = z < -87.0f ? -87.0f : z;
+    const float n = (z * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float r = z - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union {
+        int32_t i;
+        float f;
+    } two_n;
+    two_n.i = ((int32_t)n + 127) << 23;
+    const float s = 1.0f / (1.0f + p * two_n.f);
+    return x != x ? x : (x == -INFINITY ? 0.0f : s);
+}
+
+static inline double sigmoid_d(double x)
+{
+    return 1.0 / (1.0 + exp(-x));
 }
 
 #define T float
@@ -113,92 +160,40 @@ static PyObject *done(int err)
     Py_RETURN_NONE;
 }
 
-static PyObject *py_forward_small(PyObject *self, PyObject *args)
+static PyObject *py_forward(PyObject *self, PyObject *args)
 {
     int dbl, nthreads;
-    unsigned long long x, local, pre, wg, wl;
+    unsigned long long x, out, local, wg, wl;
     Py_ssize_t B, C, H, W, ls, k;
-    /* x = 0: local is given (the backward's recomputation of the gates) */
-    if (!PyArg_ParseTuple(args, "pKKKKKnnnnnni", &dbl, &x, &local, &pre, &wg, &wl, &B, &C, &H,
-                          &W, &ls, &k, &nthreads))
-        return NULL;
-    int err;
-    Py_BEGIN_ALLOW_THREADS
-    err = dbl ? forward_small_d(PTR(x), PTR(local), PTR(pre), PTR(wg), PTR(wl), B, C, H, W, ls,
-                                k, nthreads)
-              : forward_small_f(PTR(x), PTR(local), PTR(pre), PTR(wg), PTR(wl), B, C, H, W, ls,
-                                k, nthreads);
-    Py_END_ALLOW_THREADS
-    return done(err);
-}
-
-static PyObject *py_forward_scale(PyObject *self, PyObject *args)
-{
-    int dbl, nthreads;
-    unsigned long long x, out, sig;
-    Py_ssize_t B, C, H, W, ls;
     double lw;
-    if (!PyArg_ParseTuple(args, "pKKKnnnnndi", &dbl, &x, &out, &sig, &B, &C, &H, &W, &ls, &lw,
-                          &nthreads))
+    if (!PyArg_ParseTuple(args, "pKKKKKnnnnnndi", &dbl, &x, &out, &local, &wg, &wl, &B, &C, &H,
+                          &W, &ls, &k, &lw, &nthreads))
         return NULL;
     int err;
     Py_BEGIN_ALLOW_THREADS
-    err = dbl ? forward_scale_d(PTR(x), PTR(out), PTR(sig), B, C, H, W, ls, lw, nthreads)
-              : forward_scale_f(PTR(x), PTR(out), PTR(sig), B, C, H, W, ls, (float)lw, nthreads);
+    err = dbl ? forward_d(PTR(x), PTR(out), PTR(local), PTR(wg), PTR(wl), B, C, H, W, ls, k, lw,
+                          nthreads)
+              : forward_f(PTR(x), PTR(out), PTR(local), PTR(wg), PTR(wl), B, C, H, W, ls, k,
+                          (float)lw, nthreads);
     Py_END_ALLOW_THREADS
     return done(err);
 }
 
-static PyObject *py_backward_pool(PyObject *self, PyObject *args)
+static PyObject *py_backward(PyObject *self, PyObject *args)
 {
     int dbl, nthreads;
-    unsigned long long g, x, gmix;
-    Py_ssize_t B, C, H, W, ls;
-    if (!PyArg_ParseTuple(args, "pKKKnnnnni", &dbl, &g, &x, &gmix, &B, &C, &H, &W, &ls,
-                          &nthreads))
-        return NULL;
-    int err;
-    Py_BEGIN_ALLOW_THREADS
-    err = dbl ? backward_pool_d(PTR(g), PTR(x), PTR(gmix), B, C, H, W, ls, nthreads)
-              : backward_pool_f(PTR(g), PTR(x), PTR(gmix), B, C, H, W, ls, nthreads);
-    Py_END_ALLOW_THREADS
-    return done(err);
-}
-
-static PyObject *py_backward_small(PyObject *self, PyObject *args)
-{
-    int dbl, nthreads;
-    unsigned long long local, sig, gmix, wg, wl, glocal, gwg, gwl;
+    unsigned long long g, x, local, wg, wl, gx, gwg, gwl;
     double lw;
-    Py_ssize_t B, C, ls, k;
-    if (!PyArg_ParseTuple(args, "pKKKKKdnnnnKKKi", &dbl, &local, &sig, &gmix, &wg, &wl, &lw, &B,
-                          &C, &ls, &k, &glocal, &gwg, &gwl, &nthreads))
+    Py_ssize_t B, C, H, W, ls, k;
+    if (!PyArg_ParseTuple(args, "pKKKKKdnnnnnnKKKi", &dbl, &g, &x, &local, &wg, &wl, &lw, &B, &C,
+                          &H, &W, &ls, &k, &gx, &gwg, &gwl, &nthreads))
         return NULL;
     int err;
     Py_BEGIN_ALLOW_THREADS
-    err = dbl ? backward_small_d(PTR(local), PTR(sig), PTR(gmix), PTR(wg), PTR(wl), lw, B, C, ls,
-                                 k, PTR(glocal), PTR(gwg), PTR(gwl), nthreads)
-              : backward_small_f(PTR(local), PTR(sig), PTR(gmix), PTR(wg), PTR(wl), (float)lw, B,
-                                 C, ls, k, PTR(glocal), PTR(gwg), PTR(gwl), nthreads);
-    Py_END_ALLOW_THREADS
-    return done(err);
-}
-
-static PyObject *py_backward_dx(PyObject *self, PyObject *args)
-{
-    int dbl, nthreads;
-    unsigned long long g, gx, sig, glocal;
-    Py_ssize_t B, C, H, W, ls;
-    double lw;
-    if (!PyArg_ParseTuple(args, "pKKKKnnnnndi", &dbl, &g, &gx, &sig, &glocal, &B, &C, &H, &W,
-                          &ls, &lw, &nthreads))
-        return NULL;
-    int err;
-    Py_BEGIN_ALLOW_THREADS
-    err = dbl ? backward_dx_d(PTR(g), PTR(gx), PTR(sig), PTR(glocal), B, C, H, W, ls, lw,
-                              nthreads)
-              : backward_dx_f(PTR(g), PTR(gx), PTR(sig), PTR(glocal), B, C, H, W, ls, (float)lw,
-                              nthreads);
+    err = dbl ? backward_d(PTR(g), PTR(x), PTR(local), PTR(wg), PTR(wl), lw, B, C, H, W, ls, k,
+                           PTR(gx), PTR(gwg), PTR(gwl), nthreads)
+              : backward_f(PTR(g), PTR(x), PTR(local), PTR(wg), PTR(wl), (float)lw, B, C, H, W,
+                           ls, k, PTR(gx), PTR(gwg), PTR(gwl), nthreads);
     Py_END_ALLOW_THREADS
     return done(err);
 }
@@ -213,18 +208,12 @@ static PyObject *py_openmp(PyObject *self, PyObject *noargs)
 }
 
 static PyMethodDef methods[] = {
-    {"forward_small", py_forward_small, METH_VARARGS,
-     "forward_small(dbl, x, local, pre, wg, wl, B, C, H, W, ls, k, nthreads): local = pool(x) "
-     "(x = 0: local given); pre = the gates' pre-activations (B, C + ls*ls*C)"},
-    {"forward_scale", py_forward_scale, METH_VARARGS,
-     "forward_scale(dbl, x, out, sig, B, C, H, W, ls, lw, nthreads): out = x * U(mix(sig))"},
-    {"backward_pool", py_backward_pool, METH_VARARGS,
-     "backward_pool(dbl, g, x, gmix, B, C, H, W, ls, nthreads): gmix = U^T(g * x)"},
-    {"backward_small", py_backward_small, METH_VARARGS,
-     "backward_small(dbl, local, sig, gmix, wg, wl, lw, B, C, ls, k, glocal, gwg, gwl, nthreads)"},
-    {"backward_dx", py_backward_dx, METH_VARARGS,
-     "backward_dx(dbl, g, gx, sig, glocal, B, C, H, W, ls, lw, nthreads): "
-     "gx = g * U(mix) + P^T(glocal)"},
+    {"forward", py_forward, METH_VARARGS,
+     "forward(dbl, x, out, local, wg, wl, B, C, H, W, ls, k, lw, nthreads): "
+     "out = MLCA(x) (B, C, H, W), local = pool(x) (B, C, ls, ls)"},
+    {"backward", py_backward, METH_VARARGS,
+     "backward(dbl, g, x, local, wg, wl, lw, B, C, H, W, ls, k, gx, gwg, gwl, nthreads): "
+     "gx = dL/dx (gx = 0: not computed), gwg, gwl = dL/dw (k,)"},
     {"openmp", py_openmp, METH_NOARGS, "True when built with OpenMP"},
     {NULL, NULL, 0, NULL},
 };

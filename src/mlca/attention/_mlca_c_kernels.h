@@ -19,16 +19,72 @@
 #define CAT(a, b) CAT_(a, b)
 #define FN(name) CAT(name, SFX)
 
-/* local[p] = P(x[p]) for planes [p0, p1); acc: W scratch. */
-static void FN(pool_planes)(const T *x, T *local, int64_t p0, int64_t p1, int64_t H, int64_t W,
-                           int64_t ls, const struct axis *ah, const struct axis *aw, T *acc)
+/* sum of v[0..n) in 4 interleaved partial sums (no single chain of n dependent adds; the order
+ * is fixed, so the result does not depend on threads). */
+static inline T FN(sum_lanes)(const T *v, int64_t n)
 {
+    T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        s0 += v[i];
+        s1 += v[i + 1];
+        s2 += v[i + 2];
+        s3 += v[i + 3];
+    }
+    for (; i < n; ++i)
+        s0 += v[i];
+    return (s0 + s1) + (s2 + s3);
+}
+
+/* sum_i a[i] * b[i] in double, 8 interleaved partial sums (vectorises; fixed order). */
+static inline double FN(dot_lanes)(const T *a, const T *b, int64_t n)
+{
+    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; ++l)
+            acc[l] += (double)a[i + l] * (double)b[i + l];
+    for (; i < n; ++i)
+        acc[0] += (double)a[i] * (double)b[i];
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+/* s[j] = sum of row[j*kw .. j*kw + kw) for j < ls, summed left to right. The common widths get
+ * a compile-time kw (fully unrolled bins); others a generic loop. */
+#define BLOCK_SUMS_K(KW)                                                                          \
+    for (int64_t j = 0; j < ls; ++j) {                                                            \
+        const T *b_ = row + j * (KW);                                                             \
+        T a_ = b_[0];                                                                             \
+        for (int u_ = 1; u_ < (KW); ++u_)                                                         \
+            a_ += b_[u_];                                                                         \
+        s[j] = a_;                                                                                \
+    }
+static inline void FN(block_sums)(const T *restrict row, int64_t ls, int64_t kw, T *restrict s)
+{
+    switch (kw) {
+    case 1: BLOCK_SUMS_K(1) break;
+    case 2: BLOCK_SUMS_K(2) break;
+    case 3: BLOCK_SUMS_K(3) break;
+    case 4: BLOCK_SUMS_K(4) break;
+    case 8: BLOCK_SUMS_K(8) break;
+    case 16: BLOCK_SUMS_K(16) break;
+    default: BLOCK_SUMS_K(kw) break;
+    }
+}
+#undef BLOCK_SUMS_K
+
+/* local[p] = P(x[p]) for planes [p0, p1); acc: W + ls scratch. */
+static void FN(pool_planes)(const T *restrict x, T *restrict local, int64_t p0, int64_t p1,
+                           int64_t H, int64_t W, int64_t ls, const struct axis *ah,
+                           const struct axis *aw, T *restrict acc)
+{
+    T *restrict s = acc + W;
     for (int64_t p = p0; p < p1; ++p) {
-        const T *xp = x + p * H * W;
-        T *lp = local + p * ls * ls;
+        const T *restrict xp = x + p * H * W;
+        T *restrict lp = local + p * ls * ls;
         for (int64_t i = 0; i < ls; ++i) {
             const int64_t rs = ah->pool_start[i], re = ah->pool_end[i];
-            const T *r = xp + rs * W;
+            const T *restrict r = xp + rs * W;
             for (int64_t w = 0; w < W; ++w)
                 acc[w] = r[w];
             for (int64_t h = rs + 1; h < re; ++h) {
@@ -36,49 +92,63 @@ static void FN(pool_planes)(const T *x, T *local, int64_t p0, int64_t p1, int64_
                 for (int64_t w = 0; w < W; ++w)
                     acc[w] += r[w];
             }
+            if (aw->blocks) {
+                const int64_t kw = W / ls;
+                const T inv = (T)1 / (T)((re - rs) * kw);
+                FN(block_sums)(acc, ls, kw, s);
+                for (int64_t j = 0; j < ls; ++j)
+                    lp[i * ls + j] = s[j] * inv;
+                continue;
+            }
             for (int64_t j = 0; j < ls; ++j) {
                 const int64_t cs = aw->pool_start[j], ce = aw->pool_end[j];
-                T s = 0;
-                for (int64_t w = cs; w < ce; ++w)
-                    s += acc[w];
-                lp[i * ls + j] = s / (T)((re - rs) * (ce - cs));
+                lp[i * ls + j] = FN(sum_lanes)(acc + cs, ce - cs) / (T)((re - rs) * (ce - cs));
             }
         }
     }
 }
 
 /* y[i] = sum_t w[t] * v[i + t - pad] over i in [i0, i1), zero padding outside [0, n): the
- * same-padded cross-correlation of nn.Conv1d. Taps outer, positions inner (vectorises). */
-static void FN(conv_same)(const T *v, int64_t n, const T *wt, int64_t k, T *y, int64_t i0,
-                          int64_t i1)
+ * same-padded cross-correlation of nn.Conv1d. The interior (every tap inside [0, n)) runs with
+ * the taps in registers, positions inner (vectorises; k = 3, 5, 7, 9 unrolled); the at most
+ * pad positions at each end sum their valid taps only. */
+#define CONV_K(K)                                                                                 \
+    for (int64_t i = lo; i < hi; ++i) {                                                           \
+        T a_ = 0;                                                                                 \
+        for (int t_ = 0; t_ < (K); ++t_)                                                          \
+            a_ += wt[t_] * v[i + t_ - pad];                                                       \
+        y[i] = a_;                                                                                \
+    }
+static void FN(conv_same)(const T *restrict v, int64_t n, const T *restrict wt, int64_t k,
+                          T *restrict y, int64_t i0, int64_t i1)
 {
     const int64_t pad = (k - 1) / 2;
-    for (int64_t i = i0; i < i1; ++i)
-        y[i] = 0;
-    for (int64_t t = 0; t < k; ++t) {
-        const int64_t lo = i0 > pad - t ? i0 : pad - t;
-        const int64_t hi = i1 < n + pad - t ? i1 : n + pad - t;
-        const T wv = wt[t];
-        for (int64_t i = lo; i < hi; ++i)
-            y[i] += wv * v[i + t - pad];
+    int64_t lo = i0 > pad ? i0 : pad;
+    lo = lo < i1 ? lo : i1;
+    int64_t hi = i1 < n - pad ? i1 : n - pad;
+    hi = hi > lo ? hi : lo;
+    for (int64_t i = i0; i < i1; ++i) {
+        if (i == lo)
+            i = hi; /* skip the interior */
+        if (i >= i1)
+            break;
+        T a = 0;
+        for (int64_t t = 0; t < k; ++t) {
+            const int64_t j = i + t - pad;
+            if (j >= 0 && j < n)
+                a += wt[t] * v[j];
+        }
+        y[i] = a;
+    }
+    switch (k) {
+    case 3: CONV_K(3) break;
+    case 5: CONV_K(5) break;
+    case 7: CONV_K(7) break;
+    case 9: CONV_K(9) break;
+    default: CONV_K(k) break;
     }
 }
-
-/* The adjoint of conv_same: y[j] = sum_t w[t] * v[j - t + pad], j in [j0, j1). */
-static void FN(conv_same_t)(const T *v, int64_t n, const T *wt, int64_t k, T *y, int64_t j0,
-                            int64_t j1)
-{
-    const int64_t pad = (k - 1) / 2;
-    for (int64_t j = j0; j < j1; ++j)
-        y[j] = 0;
-    for (int64_t t = 0; t < k; ++t) {
-        const int64_t lo = j0 > t - pad ? j0 : t - pad;
-        const int64_t hi = j1 < n + t - pad ? j1 : n + t - pad;
-        const T wv = wt[t];
-        for (int64_t j = lo; j < hi; ++j)
-            y[j] += wv * v[j - t + pad];
-    }
-}
+#undef CONV_K
 
 /* From local (P, ls*ls): gvec (B, C) the bin means and seq (B, ls*ls*C) the bin-major sequence,
  * for planes [p0, p1). */
@@ -89,76 +159,31 @@ static void FN(gather_small)(const T *local, T *gvec, T *seq, int64_t p0, int64_
         const int64_t b = p / C, c = p % C;
         const T *lp = local + p * bins;
         T *sq = seq + b * bins * C + c;
-        T s = 0;
-        for (int64_t q = 0; q < bins; ++q) {
-            s += lp[q];
+        for (int64_t q = 0; q < bins; ++q)
             sq[q * C] = lp[q];
-        }
-        gvec[p] = s / (T)bins;
+        gvec[p] = FN(sum_lanes)(lp, bins) / (T)bins;
     }
 }
 
-/* pre (B, C + L) = [conv(gvec, wg) | conv(seq, wl)], L = ls*ls*C: the gates before the sigmoid.
- * Called inside a parallel region (its loop is a worksharing ``omp for``). */
+/* pre[b] = [conv(gvec[b], wg) | conv(seq[b], wl)] for batches [b0, b1), rows of C + L
+ * (L = ls*ls*C): the gates before the sigmoid. A worksharing loop: call inside a region. */
 static void FN(gate_convs)(const T *gvec, const T *seq, T *pre, const T *wg, const T *wl,
-                           int64_t B, int64_t C, int64_t L, int64_t k)
+                           int64_t b0, int64_t b1, int64_t C, int64_t L, int64_t k)
 {
-    const int64_t nl = conv_tasks(B, L), ng = conv_tasks(B, C), row = C + L;
-#pragma omp for schedule(static)
+    const int64_t nb = b1 - b0, nl = conv_tasks(nb, L), ng = conv_tasks(nb, C), row = C + L;
+#pragma omp for schedule(static, 1)
     for (int64_t task = 0; task < nl + ng; ++task) {
         if (task < nl) {
-            const int64_t per = nl / B, b = task / per, c0 = (task % per) * CONV_CHUNK;
+            const int64_t per = nl / nb, b = b0 + task / per, c0 = (task % per) * CONV_CHUNK;
             const int64_t c1 = c0 + CONV_CHUNK < L ? c0 + CONV_CHUNK : L;
             FN(conv_same)(seq + b * L, L, wl, k, pre + b * row + C, c0, c1);
         } else {
-            const int64_t t2 = task - nl, per = ng / B, b = t2 / per;
+            const int64_t t2 = task - nl, per = ng / nb, b = b0 + t2 / per;
             const int64_t c0 = (t2 % per) * CONV_CHUNK;
             const int64_t c1 = c0 + CONV_CHUNK < C ? c0 + CONV_CHUNK : C;
             FN(conv_same)(gvec + b * C, C, wg, k, pre + b * row, c0, c1);
         }
     }
-}
-
-/* Forward, steps 1-3: local = P(x) (skipped when x is NULL: local is given) and
- * pre = gate_convs(local) (B, C + ls*ls*C). */
-static int FN(forward_small)(const T *x, T *local, T *pre, const T *wg, const T *wl, int64_t B,
-                             int64_t C, int64_t H, int64_t W, int64_t ls, int64_t k, int nthreads)
-{
-    const int64_t P = B * C, bins = ls * ls, L = bins * C;
-    struct axis ah = {0}, aw = {0};
-    T *gvec = NULL, *seq = NULL;
-    int err = axis_init(&ah, H, ls) || axis_init(&aw, W, ls);
-    if (!err) {
-        gvec = (T *)malloc(sizeof(T) * (size_t)P);
-        seq = (T *)malloc(sizeof(T) * (size_t)(B * L));
-        err = gvec == NULL || seq == NULL;
-    }
-    if (!err) {
-        const int64_t work = x != NULL ? P * H * W : B * L * k;
-#pragma omp parallel num_threads(use_threads(work, nthreads))
-        {
-            int64_t p0, p1;
-            split_range(P, &p0, &p1);
-            if (x != NULL) {
-                T *acc = (T *)malloc(sizeof(T) * (size_t)W);
-                if (acc == NULL) {
-#pragma omp atomic write
-                    err = 1;
-                } else {
-                    FN(pool_planes)(x, local, p0, p1, H, W, ls, &ah, &aw, acc);
-                    free(acc);
-                }
-            }
-            FN(gather_small)(local, gvec, seq, p0, p1, C, bins);
-#pragma omp barrier
-            FN(gate_convs)(gvec, seq, pre, wg, wl, B, C, L, k);
-        }
-    }
-    free(gvec);
-    free(seq);
-    axis_free(&ah);
-    axis_free(&aw);
-    return err;
 }
 
 /* mix of plane (b, c) from the gates: mix[bin] = sg * (1 - lw) + sl[bin] * lw (the seed's blend). */
@@ -182,8 +207,9 @@ static void FN(spread_w)(const T *s, int64_t ls, int64_t W, const struct axis *a
         T *mi = m + i * W;
         if (aw->blocks) {
             const int64_t kw = W / ls;
+            const T scale = adjoint ? (T)1 / ((T)kw * hdiv) : (T)1;
             for (int64_t j = 0; j < ls; ++j) {
-                const T v = adjoint ? si[j] / ((T)kw * hdiv) : si[j];
+                const T v = adjoint ? si[j] * scale : si[j];
                 for (int64_t w = 0; w < kw; ++w)
                     mi[j * kw + w] = v;
             }
@@ -194,11 +220,11 @@ static void FN(spread_w)(const T *s, int64_t ls, int64_t W, const struct axis *a
             T acc = 0;
             if (adjoint) {
                 for (int64_t j = js; j < je; ++j)
-                    acc += si[j] / ((T)(aw->pool_end[j] - aw->pool_start[j]) * hdiv);
+                    acc += si[j] * ((T)aw->pool_inv[j] / hdiv);
             } else {
                 for (int64_t j = js; j < je; ++j)
                     acc += si[j];
-                acc = acc / (T)(je - js);
+                acc = acc * (T)aw->unpool_inv[w];
             }
             mi[w] = acc;
         }
@@ -207,207 +233,293 @@ static void FN(spread_w)(const T *s, int64_t ls, int64_t W, const struct axis *a
 
 /* The H-direction row of pixel row h from m (ls, W): U averages the window's rows (adjoint 0),
  * P^T sums them divided by their pooling bins' lengths (adjoint 1). Returns m's row itself for a
- * one-row window (for P^T only in the block case, where spread_w has divided by kh already). */
+ * one-row window (for P^T only in the block case, where spread_w has divided by kh already).
+ * ``last`` (2 entries, {-1, -1} at the start of a plane) remembers the window tmp holds: the
+ * windows of consecutive rows repeat, and a repeated one is not rebuilt. */
 static const T *FN(row_h)(const T *m, int64_t W, int64_t h, const struct axis *ah, int adjoint,
-                         T *tmp)
+                         T *restrict tmp, int64_t *last)
 {
     const int64_t is = ah->unpool_start[h], ie = ah->unpool_end[h];
     if (ie - is == 1 && (!adjoint || ah->blocks))
         return m + is * W;
+    if (last[0] == is && last[1] == ie)
+        return tmp;
+    last[0] = is;
+    last[1] = ie;
     for (int64_t w = 0; w < W; ++w)
         tmp[w] = 0;
     for (int64_t i = is; i < ie; ++i) {
-        const T d = adjoint ? (T)(ah->pool_end[i] - ah->pool_start[i]) : (T)1;
-        const T *mi = m + i * W;
+        const T f = adjoint ? (T)ah->pool_inv[i] : (T)ah->unpool_inv[h];
+        const T *restrict mi = m + i * W;
         for (int64_t w = 0; w < W; ++w)
-            tmp[w] += mi[w] / d;
-    }
-    if (!adjoint && ie - is > 1) {
-        const T d = (T)(ie - is);
-        for (int64_t w = 0; w < W; ++w)
-            tmp[w] = tmp[w] / d;
+            tmp[w] += mi[w] * f;
     }
     return tmp;
 }
 
-/* Forward, step 5: out = x * U(mix), the mix rebuilt per plane from the gates. */
-static int FN(forward_scale)(const T *x, T *out, const T *sig, int64_t B, int64_t C, int64_t H,
-                             int64_t W, int64_t ls, T lw, int nthreads)
+/* Gates in place: pre[i] = sigmoid(pre[i]) over [0, n). Worksharing loop inside a region. */
+static void FN(sigmoid_all)(T *pre, int64_t n)
 {
-    const int64_t P = B * C, bins = ls * ls;
+    const int64_t chunks = (n + CONV_CHUNK - 1) / CONV_CHUNK;
+#pragma omp for schedule(static, 1)
+    for (int64_t ch = 0; ch < chunks; ++ch) {
+        const int64_t i1 = (ch + 1) * CONV_CHUNK < n ? (ch + 1) * CONV_CHUNK : n;
+        for (int64_t i = ch * CONV_CHUNK; i < i1; ++i)
+            pre[i] = FN(sigmoid)(pre[i]);
+    }
+}
+
+/* out[p] = x[p] * U(mix_p) for planes [p0, p1); buf: bins + (ls + 1) * W scratch. */
+static void FN(scale_planes)(const T *restrict x, T *restrict out, const T *sig, int64_t p0,
+                             int64_t p1, int64_t C, int64_t H, int64_t W, int64_t ls, T lw,
+                             const struct axis *ah, const struct axis *aw, T *buf)
+{
+    const int64_t bins = ls * ls;
+    T *mix = buf, *m = buf + bins, *tmp = m + ls * W;
+    for (int64_t p = p0; p < p1; ++p) {
+        FN(plane_mix)(sig, p / C, p % C, C, bins, lw, mix);
+        FN(spread_w)(mix, ls, W, aw, 0, (T)1, m);
+        const T *restrict xp = x + p * H * W;
+        T *restrict op = out + p * H * W;
+        int64_t last[2] = {-1, -1};
+        for (int64_t h = 0; h < H; ++h) {
+            const T *restrict a = FN(row_h)(m, W, h, ah, 0, tmp, last);
+            const T *restrict xr = xp + h * W;
+            T *restrict orow = op + h * W;
+            for (int64_t w = 0; w < W; ++w)
+                orow[w] = xr[w] * a[w];
+        }
+    }
+}
+
+/* gmix[p] = U^T(g[p] * x[p]) for planes [p0, p1); acc: ls * W scratch. */
+static void FN(gx_pool_planes)(const T *restrict g, const T *restrict x, T *restrict gmix,
+                               int64_t p0, int64_t p1, int64_t H, int64_t W, int64_t ls,
+                               const struct axis *ah, const struct axis *aw, T *restrict acc)
+{
+    for (int64_t p = p0; p < p1; ++p) {
+        const T *restrict gp = g + p * H * W, *restrict xp = x + p * H * W;
+        for (int64_t q = 0; q < ls * W; ++q)
+            acc[q] = 0;
+        for (int64_t h = 0; h < H; ++h) {
+            const int64_t is = ah->unpool_start[h], ie = ah->unpool_end[h];
+            const T *restrict gr = gp + h * W, *restrict xr = xp + h * W;
+            if (ie - is == 1) {
+                T *restrict ai = acc + is * W;
+                for (int64_t w = 0; w < W; ++w)
+                    ai[w] += gr[w] * xr[w];
+                continue;
+            }
+            const T inv = (T)ah->unpool_inv[h];
+            for (int64_t i = is; i < ie; ++i) {
+                T *restrict ai = acc + i * W;
+                for (int64_t w = 0; w < W; ++w)
+                    ai[w] += gr[w] * xr[w] * inv;
+            }
+        }
+        T *gm = gmix + p * ls * ls;
+        for (int64_t i = 0; i < ls; ++i) {
+            const T *ai = acc + i * W;
+            if (aw->blocks) {
+                FN(block_sums)(ai, ls, W / ls, gm + i * ls);
+                continue;
+            }
+            for (int64_t j = 0; j < ls; ++j)
+                gm[i * ls + j] = 0;
+            for (int64_t w = 0; w < W; ++w) {
+                const int64_t js = aw->unpool_start[w], je = aw->unpool_end[w];
+                if (je - js == 1) {
+                    gm[i * ls + js] += ai[w];
+                    continue;
+                }
+                const T inv = (T)aw->unpool_inv[w];
+                for (int64_t j = js; j < je; ++j)
+                    gm[i * ls + j] += ai[w] * inv;
+            }
+        }
+    }
+}
+
+/* gx[p] = g[p] * U(mix_p) + P^T(glocal[p]) for planes [p0, p1); buf: bins + 2 (ls + 1) W. */
+static void FN(dx_planes)(const T *restrict g, T *restrict gx, const T *sig,
+                          const T *glocal, int64_t p0, int64_t p1, int64_t C, int64_t H,
+                          int64_t W, int64_t ls, T lw, const struct axis *ah,
+                          const struct axis *aw, T *buf)
+{
+    const int64_t bins = ls * ls;
+    T *mix = buf, *m = buf + bins, *pt = m + ls * W, *tmp_a = pt + ls * W, *tmp_p = tmp_a + W;
+    for (int64_t p = p0; p < p1; ++p) {
+        FN(plane_mix)(sig, p / C, p % C, C, bins, lw, mix);
+        FN(spread_w)(mix, ls, W, aw, 0, (T)1, m);
+        FN(spread_w)(glocal + p * bins, ls, W, aw, 1, ah->blocks ? (T)(H / ls) : (T)1, pt);
+        const T *restrict gp = g + p * H * W;
+        T *restrict op = gx + p * H * W;
+        int64_t last_a[2] = {-1, -1}, last_p[2] = {-1, -1};
+        for (int64_t h = 0; h < H; ++h) {
+            const T *restrict a = FN(row_h)(m, W, h, ah, 0, tmp_a, last_a);
+            const T *restrict q = FN(row_h)(pt, W, h, ah, 1, tmp_p, last_p);
+            const T *restrict gr = gp + h * W;
+            T *restrict orow = op + h * W;
+            for (int64_t w = 0; w < W; ++w)
+                orow[w] = gr[w] * a[w] + q[w];
+        }
+    }
+}
+
+/* Per-thread scratch for every plane loop above. */
+static size_t FN(scratch)(int64_t W, int64_t ls)
+{
+    return sizeof(T) * (size_t)(ls * ls + 2 * (ls + 1) * W + W + ls);
+}
+
+/* Batches per group: both passes over a group's planes run back to back, so the second finds
+ * them in cache (~1 MiB of x per group) instead of reading x from memory twice. */
+static int64_t FN(group_batches)(int64_t B, int64_t C, int64_t H, int64_t W)
+{
+    const int64_t per = C * H * W * (int64_t)sizeof(T);
+    int64_t n = (int64_t)(1 << 20) / (per > 0 ? per : 1);
+    return n < 1 ? 1 : (n > B ? B : n);
+}
+
+/* The forward: out = x * U(mix(P x)) (B, C, H, W); local = P x (B, C, ls, ls), saved for the
+ * backward. One parallel region; per group of batches: pool | gate convs | sigmoid | scale. */
+static int FN(forward)(const T *x, T *out, T *local, const T *wg, const T *wl, int64_t B,
+                       int64_t C, int64_t H, int64_t W, int64_t ls, int64_t k, T lw, int nthreads)
+{
+    const int64_t P = B * C, bins = ls * ls, L = bins * C, row = C + L;
+    const int64_t gb = FN(group_batches)(B, C, H, W);
     struct axis ah = {0}, aw = {0};
+    T *gvec = NULL, *seq = NULL, *pre = NULL;
     int err = axis_init(&ah, H, ls) || axis_init(&aw, W, ls);
+    if (!err) {
+        gvec = (T *)malloc(sizeof(T) * (size_t)P);
+        seq = (T *)malloc(sizeof(T) * (size_t)(B * L));
+        pre = (T *)malloc(sizeof(T) * (size_t)(B * row));
+        err = gvec == NULL || seq == NULL || pre == NULL;
+    }
     if (!err) {
 #pragma omp parallel num_threads(use_threads(P * H * W, nthreads))
         {
-            T *buf = (T *)malloc(sizeof(T) * (size_t)(bins + (ls + 1) * W));
+            T *buf = (T *)malloc(FN(scratch)(W, ls));
             if (buf == NULL) {
 #pragma omp atomic write
                 err = 1;
-            } else {
-                T *mix = buf, *m = buf + bins, *tmp = m + ls * W;
-                int64_t p0, p1;
-                split_range(P, &p0, &p1);
-                for (int64_t p = p0; p < p1; ++p) {
-                    FN(plane_mix)(sig, p / C, p % C, C, bins, lw, mix);
-                    FN(spread_w)(mix, ls, W, &aw, 0, (T)1, m);
-                    const T *xp = x + p * H * W;
-                    T *op = out + p * H * W;
-                    for (int64_t h = 0; h < H; ++h) {
-                        const T *a = FN(row_h)(m, W, h, &ah, 0, tmp);
-                        const T *xr = xp + h * W;
-                        T *orow = op + h * W;
-                        for (int64_t w = 0; w < W; ++w)
-                            orow[w] = xr[w] * a[w];
-                    }
-                }
-                free(buf);
             }
+            for (int64_t b0 = 0; b0 < B; b0 += gb) {
+                const int64_t b1 = b0 + gb < B ? b0 + gb : B;
+                int64_t p0, p1;
+                split_range((b1 - b0) * C, &p0, &p1);
+                p0 += b0 * C;
+                p1 += b0 * C;
+                if (buf != NULL) {
+                    FN(pool_planes)(x, local, p0, p1, H, W, ls, &ah, &aw, buf);
+                    FN(gather_small)(local, gvec, seq, p0, p1, C, bins);
+                }
+#pragma omp barrier
+                FN(gate_convs)(gvec, seq, pre, wg, wl, b0, b1, C, L, k);
+                FN(sigmoid_all)(pre + b0 * row, (b1 - b0) * row);
+                if (buf != NULL)
+                    FN(scale_planes)(x, out, pre, p0, p1, C, H, W, ls, lw, &ah, &aw, buf);
+            }
+            free(buf);
         }
     }
+    free(gvec);
+    free(seq);
+    free(pre);
     axis_free(&ah);
     axis_free(&aw);
     return err;
 }
 
-/* Backward, first pass: gmix = U^T(g * x) (P, ls*ls). */
-static int FN(backward_pool)(const T *g, const T *x, T *gmix, int64_t B, int64_t C, int64_t H,
-                             int64_t W, int64_t ls, int nthreads)
-{
-    const int64_t P = B * C;
-    struct axis ah = {0}, aw = {0};
-    int err = axis_init(&ah, H, ls) || axis_init(&aw, W, ls);
-    if (!err) {
-#pragma omp parallel num_threads(use_threads(P * H * W, nthreads))
-        {
-            T *acc = (T *)malloc(sizeof(T) * (size_t)(ls * W));
-            if (acc == NULL) {
-#pragma omp atomic write
-                err = 1;
-            } else {
-                int64_t p0, p1;
-                split_range(P, &p0, &p1);
-                for (int64_t p = p0; p < p1; ++p) {
-                    const T *gp = g + p * H * W, *xp = x + p * H * W;
-                    for (int64_t q = 0; q < ls * W; ++q)
-                        acc[q] = 0;
-                    for (int64_t h = 0; h < H; ++h) {
-                        const int64_t is = ah.unpool_start[h], ie = ah.unpool_end[h];
-                        const T *gr = gp + h * W, *xr = xp + h * W;
-                        if (ie - is == 1) {
-                            T *ai = acc + is * W;
-                            for (int64_t w = 0; w < W; ++w)
-                                ai[w] += gr[w] * xr[w];
-                            continue;
-                        }
-                        const T d = (T)(ie - is);
-                        for (int64_t i = is; i < ie; ++i) {
-                            T *ai = acc + i * W;
-                            for (int64_t w = 0; w < W; ++w)
-                                ai[w] += gr[w] * xr[w] / d;
-                        }
-                    }
-                    T *gm = gmix + p * ls * ls;
-                    for (int64_t i = 0; i < ls; ++i) {
-                        const T *ai = acc + i * W;
-                        for (int64_t j = 0; j < ls; ++j)
-                            gm[i * ls + j] = 0;
-                        for (int64_t w = 0; w < W; ++w) {
-                            const int64_t js = aw.unpool_start[w], je = aw.unpool_end[w];
-                            if (je - js == 1) {
-                                gm[i * ls + js] += ai[w];
-                                continue;
-                            }
-                            const T d = (T)(je - js);
-                            for (int64_t j = js; j < je; ++j)
-                                gm[i * ls + j] += ai[w] / d;
-                        }
-                    }
-                }
-                free(acc);
-            }
-        }
-    }
-    axis_free(&ah);
-    axis_free(&aw);
-    return err;
-}
-
-/* Backward of steps 2-4, given gmix = dL/dmix (P, ls*ls), the pooled map ``local`` and the gates
- * ``sig``: glocal = dL/dlocal (P, ls*ls); gwg, gwl = dL/dw (k), accumulated in double per batch
- * and summed over batches in order (the same bits for any thread count). */
-static int FN(backward_small)(const T *local, const T *sig, const T *gmix, const T *wg,
-                              const T *wl, T lw, int64_t B, int64_t C, int64_t ls, int64_t k,
-                              T *glocal, T *gwg, T *gwl, int nthreads)
+/* The backward from g = dL/dout (B, C, H, W), x and the saved local: gx = dL/dx (skipped when
+ * NULL), gwg, gwl = dL/dw (k). Per group of batches: U^T(g x) and the gates | the gate chain |
+ * the transposed convs and weight-gradient terms | g U(mix) + P^T(dlocal). Weight gradients are
+ * accumulated in double per (batch, tap) and summed over batches in order: the same bits for any
+ * thread count. */
+static int FN(backward)(const T *g, const T *x, const T *local, const T *wg, const T *wl, T lw,
+                        int64_t B, int64_t C, int64_t H, int64_t W, int64_t ls, int64_t k, T *gx,
+                        T *gwg, T *gwl, int nthreads)
 {
     const int64_t P = B * C, bins = ls * ls, L = bins * C, row = C + L, pad = (k - 1) / 2;
-    T *gvec = (T *)malloc(sizeof(T) * (size_t)P);
-    T *seq = (T *)malloc(sizeof(T) * (size_t)(B * L));
-    T *gyl = (T *)malloc(sizeof(T) * (size_t)(B * L));
-    T *gyg = (T *)malloc(sizeof(T) * (size_t)P);
-    T *gseq = (T *)malloc(sizeof(T) * (size_t)(B * L));
-    T *ggvec = (T *)malloc(sizeof(T) * (size_t)P);
+    const int64_t gb = FN(group_batches)(B, C, H, W);
+    struct axis ah = {0}, aw = {0};
+    int err = axis_init(&ah, H, ls) || axis_init(&aw, W, ls);
+    /* one block for the small temporaries: gvec, gyg (P); seq, gyl (B*L); pre, gpre
+     * (B*(C+L)); gmix, glocal (P*bins); flipped weights (2k) */
+    const int64_t total = 2 * P + 2 * B * L + 2 * B * row + 2 * P * bins + 2 * k;
+    T *blk = err ? NULL : (T *)malloc(sizeof(T) * (size_t)total);
     double *pw = (double *)calloc((size_t)(2 * B * k), sizeof(double));
-    int err = !gvec || !seq || !gyl || !gyg || !gseq || !ggvec || !pw;
+    err = err || blk == NULL || pw == NULL;
     if (!err) {
-        const int64_t nl = conv_tasks(B, L), ng = conv_tasks(B, C);
-        const int par = use_threads(B * L * k, nthreads);
-#pragma omp parallel num_threads(par)
+        T *gvec = blk, *gyg = gvec + P, *seq = gyg + P, *gyl = seq + B * L;
+        T *gpre = gyl + B * L, *pre = gpre + B * row, *gmix = pre + B * row;
+        T *glocal = gmix + P * bins, *wgf = glocal + P * bins, *wlf = wgf + k;
+        for (int64_t t = 0; t < k; ++t) { /* the adjoint of a correlation: flipped taps */
+            wgf[t] = wg[k - 1 - t];
+            wlf[t] = wl[k - 1 - t];
+        }
+#pragma omp parallel num_threads(use_threads(P * H * W, nthreads))
         {
-            int64_t p0, p1;
-            split_range(P, &p0, &p1);
-            FN(gather_small)(local, gvec, seq, p0, p1, C, bins);
-            /* gradients of the gates' pre-activations */
-            for (int64_t p = p0; p < p1; ++p) {
-                const int64_t b = p / C, c = p % C;
-                const T *sb = sig + b * row;
-                const T *gm = gmix + p * bins;
-                T tot = 0;
-                for (int64_t q = 0; q < bins; ++q) {
-                    const T s = sb[C + q * C + c];
-                    gyl[b * L + q * C + c] = gm[q] * lw * s * ((T)1 - s);
-                    tot += gm[q];
-                }
-                const T s = sb[c];
-                gyg[p] = tot * ((T)1 - lw) * s * ((T)1 - s);
+            T *buf = (T *)malloc(FN(scratch)(W, ls));
+            if (buf == NULL) {
+#pragma omp atomic write
+                err = 1;
             }
+            for (int64_t b0 = 0; b0 < B; b0 += gb) {
+                const int64_t b1 = b0 + gb < B ? b0 + gb : B, nb = b1 - b0;
+                int64_t p0, p1;
+                split_range(nb * C, &p0, &p1);
+                p0 += b0 * C;
+                p1 += b0 * C;
+                if (buf != NULL)
+                    FN(gx_pool_planes)(g, x, gmix, p0, p1, H, W, ls, &ah, &aw, buf);
+                FN(gather_small)(local, gvec, seq, p0, p1, C, bins);
 #pragma omp barrier
-#pragma omp for schedule(static)
-            for (int64_t task = 0; task < nl + ng; ++task) {
-                if (task < nl) {
-                    const int64_t per = nl / B, b = task / per, c0 = (task % per) * CONV_CHUNK;
-                    const int64_t c1 = c0 + CONV_CHUNK < L ? c0 + CONV_CHUNK : L;
-                    FN(conv_same_t)(gyl + b * L, L, wl, k, gseq + b * L, c0, c1);
-                } else {
-                    const int64_t t2 = task - nl, per = ng / B, b = t2 / per;
-                    const int64_t c0 = (t2 % per) * CONV_CHUNK;
-                    const int64_t c1 = c0 + CONV_CHUNK < C ? c0 + CONV_CHUNK : C;
-                    FN(conv_same_t)(gyg + b * C, C, wg, k, ggvec + b * C, c0, c1);
+                FN(gate_convs)(gvec, seq, pre, wg, wl, b0, b1, C, L, k);
+                FN(sigmoid_all)(pre + b0 * row, nb * row);
+                /* gradients of the gates' pre-activations (mix = sg (1 - lw) + sl lw) */
+                for (int64_t p = p0; p < p1; ++p) {
+                    const int64_t b = p / C, c = p % C;
+                    const T *sb = pre + b * row;
+                    const T *gm = gmix + p * bins;
+                    for (int64_t q = 0; q < bins; ++q) {
+                        const T s = sb[C + q * C + c];
+                        gyl[b * L + q * C + c] = gm[q] * lw * s * ((T)1 - s);
+                    }
+                    const T s = sb[c];
+                    gyg[p] = FN(sum_lanes)(gm, bins) * ((T)1 - lw) * s * ((T)1 - s);
                 }
+#pragma omp barrier
+                /* the transposed convs: gpre = [conv^T(gyg, wg) | conv^T(gyl, wl)] per batch */
+                FN(gate_convs)(gyg, gyl, gpre, wgf, wlf, b0, b1, C, L, k);
+                /* weight-gradient terms, one (which, batch, tap) per task:
+                 * sum_i gy[i] v[i + t - pad] */
+#pragma omp for schedule(static, 1)
+                for (int64_t task = 0; task < 2 * nb * k; ++task) {
+                    const int64_t which = task / (nb * k), b = b0 + (task / k) % nb, t = task % k;
+                    const T *gy = which ? gyg + b * C : gyl + b * L;
+                    const T *v = which ? gvec + b * C : seq + b * L;
+                    const int64_t n = which ? C : L;
+                    const int64_t lo = pad - t > 0 ? pad - t : 0;
+                    const int64_t hi = n + pad - t < n ? n + pad - t : n;
+                    pw[which * B * k + b * k + t] =
+                        hi > lo ? FN(dot_lanes)(gy + lo, v + lo + t - pad, hi - lo) : 0.0;
+                }
+                /* glocal[b, c, bin] = dL/dseq[b, bin*C + c] + dL/dgvec[b, c] / bins */
+                for (int64_t p = p0; p < p1; ++p) {
+                    const int64_t b = p / C, c = p % C;
+                    const T gg = gpre[b * row + c] / (T)bins;
+                    const T *gs = gpre + b * row + C + c;
+                    T *gl = glocal + p * bins;
+                    for (int64_t q = 0; q < bins; ++q)
+                        gl[q] = gs[q * C] + gg;
+                }
+#pragma omp barrier
+                if (buf != NULL && gx != NULL)
+                    FN(dx_planes)(g, gx, pre, glocal, p0, p1, C, H, W, ls, lw, &ah, &aw, buf);
             }
-            /* weight gradients, one (batch, tap) pair per task: sum_i gy[i] * v[i + t - pad] */
-#pragma omp for schedule(static)
-            for (int64_t task = 0; task < 2 * B * k; ++task) {
-                const int64_t which = task / (B * k), b = (task / k) % B, t = task % k;
-                const T *gy = which ? gyg + b * C : gyl + b * L;
-                const T *v = which ? gvec + b * C : seq + b * L;
-                const int64_t n = which ? C : L;
-                const int64_t lo = pad - t > 0 ? pad - t : 0;
-                const int64_t hi = n + pad - t < n ? n + pad - t : n;
-                double s = 0;
-                for (int64_t i = lo; i < hi; ++i)
-                    s += (double)gy[i] * (double)v[i + t - pad];
-                pw[task] = s;
-            }
-            /* glocal[b, c, bin] = gseq[b, bin*C + c] + ggvec[b, c] / bins */
-            for (int64_t p = p0; p < p1; ++p) {
-                const int64_t b = p / C, c = p % C;
-                const T gg = ggvec[p] / (T)bins;
-                const T *gs = gseq + b * L + c;
-                T *gl = glocal + p * bins;
-                for (int64_t q = 0; q < bins; ++q)
-                    gl[q] = gs[q * C] + gg;
-            }
+            free(buf);
         }
         for (int64_t t = 0; t < k; ++t) {
             double sl = 0, sg = 0;
@@ -419,60 +531,9 @@ static int FN(backward_small)(const T *local, const T *sig, const T *gmix, const
             gwg[t] = (T)sg;
         }
     }
-    free(gvec);
-    free(seq);
-    free(gyl);
-    free(gyg);
-    free(gseq);
-    free(ggvec);
+    free(blk);
     free(pw);
-    return err;
-}
-
-/* Backward, last pass: gx = g * U(mix) + P^T(glocal). */
-static int FN(backward_dx)(const T *g, T *gx, const T *sig, const T *glocal, int64_t B, int64_t C,
-                           int64_t H, int64_t W, int64_t ls, T lw, int nthreads)
-{
-    const int64_t P = B * C, bins = ls * ls;
-    struct axis ah = {0}, aw = {0};
-    int err = axis_init(&ah, H, ls) || axis_init(&aw, W, ls);
-    if (!err) {
-#pragma omp parallel num_threads(use_threads(P * H * W, nthreads))
-        {
-            T *buf = (T *)malloc(sizeof(T) * (size_t)(bins + 2 * (ls + 1) * W));
-            if (buf == NULL) {
-#pragma omp atomic write
-                err = 1;
-            } else {
-                T *mix = buf, *m = buf + bins, *pt = m + ls * W, *tmp_a = pt + ls * W;
-                T *tmp_p = tmp_a + W;
-                int64_t p0, p1;
-                split_range(P, &p0, &p1);
-                for (int64_t p = p0; p < p1; ++p) {
-                    FN(plane_mix)(sig, p / C, p % C, C, bins, lw, mix);
-                    FN(spread_w)(mix, ls, W, &aw, 0, (T)1, m);
-                    FN(spread_w)(glocal + p * bins, ls, W, &aw, 1,
-                                 ah.blocks ? (T)(H / ls) : (T)1, pt);
-                    const T *gp = g + p * H * W;
-                    T *op = gx + p * H * W;
-                    for (int64_t h = 0; h < H; ++h) {
-                        const T *a = FN(row_h)(m, W, h, &ah, 0, tmp_a);
-                        const T *q = FN(row_h)(pt, W, h, &ah, 1, tmp_p);
-                        const T *gr = gp + h * W;
-                        T *orow = op + h * W;
-                        for (int64_t w = 0; w < W; ++w)
-                            orow[w] = gr[w] * a[w] + q[w];
-                    }
-                }
-                free(buf);
-            }
-        }
-    }
     axis_free(&ah);
     axis_free(&aw);
     return err;
 }
-
-#undef FN
-#undef CAT
-#undef CAT_

@@ -6,11 +6,10 @@ it everything runs on the PyTorch kernels of ``_mlca_function.py``. It covers co
 the same function as the PyTorch path (same adaptive-pooling bins, sums over bin members only,
 so NaN/Inf stay where adaptive pooling puts them).
 
-Forward: ``forward_small`` (pool x to ls x ls, gate pre-activations), ``sigmoid_``,
-``forward_scale`` (x times the attention rebuilt on the fly). Backward: ``backward_pool``
-(``U^T(g * x)``), the gates recomputed from the saved pooled map, ``backward_small`` (the gate
-and 1-D conv chain), ``backward_dx`` (``g * U(mix) + P^T(dlocal)``). Each big step is one pass
-over its tensors, parallel over planes on PyTorch's thread count.
+One call each way. Forward: pool x to ls x ls, the gate convs and sigmoids, x times the attention
+rebuilt on the fly. Backward: ``U^T(g * x)``, the gates recomputed from the saved pooled map, the
+gate and 1-D conv chain, ``g * U(mix) + P^T(dlocal)``. Each big step is one pass over its
+tensors, parallel over planes on PyTorch's thread count.
 """
 
 from __future__ import annotations
@@ -49,19 +48,11 @@ def native_unsupported(x: Tensor) -> Optional[str]:
 
 
 def _flat(w: Tensor, dtype: torch.dtype) -> Tensor:
-    return w.detach().reshape(-1).to(dtype).contiguous()
-
-
-def _gates(x: Optional[Tensor], local: Tensor, wg: Tensor, wl: Tensor, ls: int) -> Tensor:
-    """The gates (B, C + ls*ls*C) after the sigmoid; pools x into ``local`` first when given."""
-    b, c = local.shape[0], local.shape[1]
-    h, w = (x.shape[2], x.shape[3]) if x is not None else (ls, ls)
-    pre = torch.empty(b, c + ls * ls * c, dtype=local.dtype)
-    _mlca_c.forward_small(
-        local.dtype == torch.float64, 0 if x is None else x.data_ptr(), local.data_ptr(),
-        pre.data_ptr(), wg.data_ptr(), wl.data_ptr(), b, c, h, w, ls, wg.numel(),
-        torch.get_num_threads())
-    return pre.sigmoid_()
+    """A conv weight (1, 1, k) as k contiguous values of ``dtype`` (a view when it already is)."""
+    w = w.detach()
+    if w.dtype != dtype or not w.is_contiguous():
+        w = w.to(dtype).contiguous()
+    return w
 
 
 def native_forward(
@@ -72,11 +63,11 @@ def native_forward(
     if x.numel() == 0:
         return torch.empty_like(x), torch.zeros(b, c, ls, ls, dtype=x.dtype)
     wg, wl = _flat(w_global, x.dtype), _flat(w_local, x.dtype)
-    local = torch.empty(b, c, ls, ls, dtype=x.dtype)
-    sig = _gates(x, local, wg, wl, ls)
     out = torch.empty_like(x)
-    _mlca_c.forward_scale(x.dtype == torch.float64, x.data_ptr(), out.data_ptr(), sig.data_ptr(),
-                          b, c, h, w, ls, float(lw), torch.get_num_threads())
+    local = torch.empty(b, c, ls, ls, dtype=x.dtype)
+    _mlca_c.forward(x.dtype == torch.float64, x.data_ptr(), out.data_ptr(), local.data_ptr(),
+                    wg.data_ptr(), wl.data_ptr(), b, c, h, w, ls, wg.numel(), lw,
+                    torch.get_num_threads())
     return out, local
 
 
@@ -90,25 +81,16 @@ def native_backward(
         return (torch.zeros_like(x) if needs[0] else None,
                 torch.zeros_like(w_global) if needs[1] else None,
                 torch.zeros_like(w_local) if needs[2] else None)
-    dbl = x.dtype == torch.float64
-    nt = torch.get_num_threads()
     g = g.to(x.dtype).contiguous()
     wg, wl = _flat(w_global, x.dtype), _flat(w_local, x.dtype)
     k = wg.numel()
-    sig = _gates(None, local, wg, wl, ls)
-    gmix = torch.empty(b, c, ls, ls, dtype=x.dtype)
-    _mlca_c.backward_pool(dbl, g.data_ptr(), x.data_ptr(), gmix.data_ptr(), b, c, h, w, ls, nt)
-    glocal = torch.empty_like(gmix)
+    gx = torch.empty_like(x) if needs[0] else None
     gwg = torch.empty(k, dtype=x.dtype)
     gwl = torch.empty(k, dtype=x.dtype)
-    _mlca_c.backward_small(dbl, local.data_ptr(), sig.data_ptr(), gmix.data_ptr(), wg.data_ptr(),
-                           wl.data_ptr(), float(lw), b, c, ls, k, glocal.data_ptr(),
-                           gwg.data_ptr(), gwl.data_ptr(), nt)
-    gx = None
-    if needs[0]:
-        gx = torch.empty_like(x)
-        _mlca_c.backward_dx(dbl, g.data_ptr(), gx.data_ptr(), sig.data_ptr(), glocal.data_ptr(),
-                            b, c, h, w, ls, float(lw), nt)
+    _mlca_c.backward(x.dtype == torch.float64, g.data_ptr(), x.data_ptr(), local.data_ptr(),
+                     wg.data_ptr(), wl.data_ptr(), lw, b, c, h, w, ls, k,
+                     0 if gx is None else gx.data_ptr(), gwg.data_ptr(), gwl.data_ptr(),
+                     torch.get_num_threads())
     g_wg = gwg.view(w_global.shape).to(w_global.dtype) if needs[1] else None
     g_wl = gwl.view(w_local.shape).to(w_local.dtype) if needs[2] else None
     return gx, g_wg, g_wl
