@@ -121,6 +121,34 @@ CONTENDERS: list[Contender] = [
 ]
 
 
+def _stream_variant(min_bytes: int):
+    """MLCA (C kernels) with ``_native.STREAM_MIN_BYTES`` set around each call: 0 = always
+    write outputs with non-temporal stores, huge = never (``--stream-ab``)."""
+    import mlca.attention._native as native
+
+    def build(c: int, dev: torch.device):
+        mod = MLCA(c, backend="c").to(dev)
+
+        def run(x: Tensor) -> Tensor:
+            before, native.STREAM_MIN_BYTES = native.STREAM_MIN_BYTES, min_bytes
+            try:
+                return mod(x)
+            finally:
+                native.STREAM_MIN_BYTES = before
+
+        run.conv, run.conv_local = mod.conv, mod.conv_local  # for _saved_bytes / state loading
+        run.state_dict, run.load_state_dict = mod.state_dict, mod.load_state_dict
+        return run
+
+    return build
+
+
+STREAM_AB = [
+    Contender("mlca c streamed", _stream_variant(0), devices=("cpu",)),
+    Contender("mlca c cached", _stream_variant(2**62), devices=("cpu",)),
+]
+
+
 # --- Issue 7: the fused Triton path, CUDA only. Its effective GB/s, % of device-to-device copy
 # bandwidth and the 32x256x160x160 shape are in benchmarks/bench_mlca_gpu.py (docs/triton.md).
 def _mlca_triton(c: int, dev: torch.device) -> nn.Module:
@@ -283,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
                         "1 alternates every call, see _interleaved_medians)")
     p.add_argument("--no-uneven", action="store_true",
                    help="skip the 416-px shapes whose sizes are not multiples of local_size")
+    p.add_argument("--shapes", nargs="*", default=None, metavar="BxCxHxW",
+                   help="shapes to run instead of the default list, e.g. 16x256x20x20")
+    p.add_argument("--stream-ab", action="store_true",
+                   help="add the C kernels with outputs always / never written by non-temporal "
+                        "stores (the choice _native.STREAM_MIN_BYTES makes by size)")
     args = p.parse_args(argv)
 
     dev = torch.device(args.device)
@@ -294,9 +327,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     shapes = QUICK_SHAPES if args.quick else YOLO_SHAPES + ([] if args.no_uneven else UNEVEN_SHAPES)
+    if args.shapes:
+        try:
+            shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes]
+        except ValueError:
+            p.error(f"--shapes takes BxCxHxW, e.g. 16x256x20x20, got {args.shapes}")
+        if any(len(s) != 4 or min(s) < 1 for s in shapes):
+            p.error(f"--shapes takes four positive sizes BxCxHxW, got {args.shapes}")
     reps = args.reps or (5 if args.quick else 15)
     warmup = 2 if args.quick else 3
     contenders = [c for c in CONTENDERS if not (args.no_compile and c.compiled)]
+    if args.stream_ab:
+        contenders += STREAM_AB
     if args.only:
         contenders = [c for c in contenders if c.name in args.only]
 

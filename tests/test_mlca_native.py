@@ -118,3 +118,24 @@ def test_empty_batch_and_non_contiguous_gradient():
     (ga,) = torch.autograd.grad(m64(x).sum(), x)
     (gb,) = torch.autograd.grad(t64(x).sum(), x)
     assert torch.allclose(ga, gb, rtol=1e-12, atol=1e-14)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(2, 8, 20, 20), (2, 5, 13, 11), (1, 3, 7, 33)])
+def test_streamed_outputs_are_the_same_bits(monkeypatch, dtype, shape):
+    """Non-temporal stores (outputs >= STREAM_MIN_BYTES) change how, not what, is written:
+    aligned and unaligned rows, vector body and scalar head/tail."""
+    m = MLCA(shape[1], backend="c").to(dtype)
+    ref.random_weights(m, torch.Generator().manual_seed(3))
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(4), dtype=dtype)
+    g = torch.randn(shape, generator=torch.Generator().manual_seed(5), dtype=dtype)
+    runs = []
+    for min_bytes in (2**62, 0):
+        monkeypatch.setattr(native_mod, "STREAM_MIN_BYTES", min_bytes)
+        xx = x.clone().requires_grad_(True)
+        m.zero_grad()
+        y = m(xx)
+        y.backward(g)
+        runs.append((y, xx.grad, m.conv.weight.grad.clone(), m.conv_local.weight.grad.clone()))
+    assert all(torch.equal(a, b) for a, b in zip(*runs))

@@ -137,14 +137,38 @@ static inline double sigmoid_d(double x)
     return 1.0 / (1.0 + exp(-x));
 }
 
+#if defined(__SSE2__) || defined(_M_X64)
+#include <emmintrin.h>
+#define HAVE_STREAM 1
+#endif
+
 #define T float
 #define SFX f
+#ifdef HAVE_STREAM
+#define VEC_N 4
+#define VEC_LOADU _mm_loadu_ps
+#define VEC_MUL _mm_mul_ps
+#define VEC_ADD _mm_add_ps
+#define VEC_STREAM _mm_stream_ps
+#endif
 #include "_mlca_c_kernels.h"
 #undef T
 #undef SFX
+#undef VEC_N
+#undef VEC_LOADU
+#undef VEC_MUL
+#undef VEC_ADD
+#undef VEC_STREAM
 
 #define T double
 #define SFX d
+#ifdef HAVE_STREAM
+#define VEC_N 2
+#define VEC_LOADU _mm_loadu_pd
+#define VEC_MUL _mm_mul_pd
+#define VEC_ADD _mm_add_pd
+#define VEC_STREAM _mm_stream_pd
+#endif
 #include "_mlca_c_kernels.h"
 #undef T
 #undef SFX
@@ -166,15 +190,16 @@ static PyObject *py_forward(PyObject *self, PyObject *args)
     unsigned long long x, out, local, wg, wl;
     Py_ssize_t B, C, H, W, ls, k;
     double lw;
-    if (!PyArg_ParseTuple(args, "pKKKKKnnnnnndi", &dbl, &x, &out, &local, &wg, &wl, &B, &C, &H,
-                          &W, &ls, &k, &lw, &nthreads))
+    int stream = 0;
+    if (!PyArg_ParseTuple(args, "pKKKKKnnnnnndi|p", &dbl, &x, &out, &local, &wg, &wl, &B, &C,
+                          &H, &W, &ls, &k, &lw, &nthreads, &stream))
         return NULL;
     int err;
     Py_BEGIN_ALLOW_THREADS
     err = dbl ? forward_d(PTR(x), PTR(out), PTR(local), PTR(wg), PTR(wl), B, C, H, W, ls, k, lw,
-                          nthreads)
+                          nthreads, stream)
               : forward_f(PTR(x), PTR(out), PTR(local), PTR(wg), PTR(wl), B, C, H, W, ls, k,
-                          (float)lw, nthreads);
+                          (float)lw, nthreads, stream);
     Py_END_ALLOW_THREADS
     return done(err);
 }
@@ -185,15 +210,16 @@ static PyObject *py_backward(PyObject *self, PyObject *args)
     unsigned long long g, x, local, wg, wl, gx, gwg, gwl;
     double lw;
     Py_ssize_t B, C, H, W, ls, k;
-    if (!PyArg_ParseTuple(args, "pKKKKKdnnnnnnKKKi", &dbl, &g, &x, &local, &wg, &wl, &lw, &B, &C,
-                          &H, &W, &ls, &k, &gx, &gwg, &gwl, &nthreads))
+    int stream = 0;
+    if (!PyArg_ParseTuple(args, "pKKKKKdnnnnnnKKKi|p", &dbl, &g, &x, &local, &wg, &wl, &lw, &B,
+                          &C, &H, &W, &ls, &k, &gx, &gwg, &gwl, &nthreads, &stream))
         return NULL;
     int err;
     Py_BEGIN_ALLOW_THREADS
     err = dbl ? backward_d(PTR(g), PTR(x), PTR(local), PTR(wg), PTR(wl), lw, B, C, H, W, ls, k,
-                           PTR(gx), PTR(gwg), PTR(gwl), nthreads)
+                           PTR(gx), PTR(gwg), PTR(gwl), nthreads, stream)
               : backward_f(PTR(g), PTR(x), PTR(local), PTR(wg), PTR(wl), (float)lw, B, C, H, W,
-                           ls, k, PTR(gx), PTR(gwg), PTR(gwl), nthreads);
+                           ls, k, PTR(gx), PTR(gwg), PTR(gwl), nthreads, stream);
     Py_END_ALLOW_THREADS
     return done(err);
 }
@@ -209,11 +235,12 @@ static PyObject *py_openmp(PyObject *self, PyObject *noargs)
 
 static PyMethodDef methods[] = {
     {"forward", py_forward, METH_VARARGS,
-     "forward(dbl, x, out, local, wg, wl, B, C, H, W, ls, k, lw, nthreads): "
-     "out = MLCA(x) (B, C, H, W), local = pool(x) (B, C, ls, ls)"},
+     "forward(dbl, x, out, local, wg, wl, B, C, H, W, ls, k, lw, nthreads, stream=False): "
+     "out = MLCA(x) (B, C, H, W), local = pool(x) (B, C, ls, ls); stream: write out with "
+     "non-temporal stores"},
     {"backward", py_backward, METH_VARARGS,
-     "backward(dbl, g, x, local, wg, wl, lw, B, C, H, W, ls, k, gx, gwg, gwl, nthreads): "
-     "gx = dL/dx (gx = 0: not computed), gwg, gwl = dL/dw (k,)"},
+     "backward(dbl, g, x, local, wg, wl, lw, B, C, H, W, ls, k, gx, gwg, gwl, nthreads, "
+     "stream=False): gx = dL/dx (gx = 0: not computed), gwg, gwl = dL/dw (k,)"},
     {"openmp", py_openmp, METH_NOARGS, "True when built with OpenMP"},
     {NULL, NULL, 0, NULL},
 };

@@ -269,10 +269,46 @@ static void FN(sigmoid_all)(T *pre, int64_t n)
     }
 }
 
+/* o[w] = x[w] * a[w], w < W; ``stream``: with non-temporal stores (no read of o's lines
+ * before writing them, which a plain store of a line not in cache costs). */
+static inline void FN(mul_row)(T *restrict o, const T *restrict xr, const T *restrict a, int64_t W,
+                               int stream)
+{
+    int64_t w = 0;
+#ifdef HAVE_STREAM
+    if (stream) {
+        for (; w < W && ((uintptr_t)(o + w) & 15); ++w)
+            o[w] = xr[w] * a[w];
+        for (; w + VEC_N <= W; w += VEC_N)
+            VEC_STREAM(o + w, VEC_MUL(VEC_LOADU(xr + w), VEC_LOADU(a + w)));
+    }
+#endif
+    for (; w < W; ++w)
+        o[w] = xr[w] * a[w];
+}
+
+/* o[w] = gr[w] * a[w] + q[w], w < W; ``stream`` as in mul_row. */
+static inline void FN(fma_row)(T *restrict o, const T *restrict gr, const T *restrict a,
+                               const T *restrict q, int64_t W, int stream)
+{
+    int64_t w = 0;
+#ifdef HAVE_STREAM
+    if (stream) {
+        for (; w < W && ((uintptr_t)(o + w) & 15); ++w)
+            o[w] = gr[w] * a[w] + q[w];
+        for (; w + VEC_N <= W; w += VEC_N)
+            VEC_STREAM(o + w, VEC_ADD(VEC_MUL(VEC_LOADU(gr + w), VEC_LOADU(a + w)),
+                                      VEC_LOADU(q + w)));
+    }
+#endif
+    for (; w < W; ++w)
+        o[w] = gr[w] * a[w] + q[w];
+}
+
 /* out[p] = x[p] * U(mix_p) for planes [p0, p1); buf: bins + (ls + 1) * W scratch. */
 static void FN(scale_planes)(const T *restrict x, T *restrict out, const T *sig, int64_t p0,
                              int64_t p1, int64_t C, int64_t H, int64_t W, int64_t ls, T lw,
-                             const struct axis *ah, const struct axis *aw, T *buf)
+                             const struct axis *ah, const struct axis *aw, T *buf, int stream)
 {
     const int64_t bins = ls * ls;
     T *mix = buf, *m = buf + bins, *tmp = m + ls * W;
@@ -284,10 +320,7 @@ static void FN(scale_planes)(const T *restrict x, T *restrict out, const T *sig,
         int64_t last[2] = {-1, -1};
         for (int64_t h = 0; h < H; ++h) {
             const T *restrict a = FN(row_h)(m, W, h, ah, 0, tmp, last);
-            const T *restrict xr = xp + h * W;
-            T *restrict orow = op + h * W;
-            for (int64_t w = 0; w < W; ++w)
-                orow[w] = xr[w] * a[w];
+            FN(mul_row)(op + h * W, xp + h * W, a, W, stream);
         }
     }
 }
@@ -344,7 +377,7 @@ static void FN(gx_pool_planes)(const T *restrict g, const T *restrict x, T *rest
 static void FN(dx_planes)(const T *restrict g, T *restrict gx, const T *sig,
                           const T *glocal, int64_t p0, int64_t p1, int64_t C, int64_t H,
                           int64_t W, int64_t ls, T lw, const struct axis *ah,
-                          const struct axis *aw, T *buf)
+                          const struct axis *aw, T *buf, int stream)
 {
     const int64_t bins = ls * ls;
     T *mix = buf, *m = buf + bins, *pt = m + ls * W, *tmp_a = pt + ls * W, *tmp_p = tmp_a + W;
@@ -358,10 +391,7 @@ static void FN(dx_planes)(const T *restrict g, T *restrict gx, const T *sig,
         for (int64_t h = 0; h < H; ++h) {
             const T *restrict a = FN(row_h)(m, W, h, ah, 0, tmp_a, last_a);
             const T *restrict q = FN(row_h)(pt, W, h, ah, 1, tmp_p, last_p);
-            const T *restrict gr = gp + h * W;
-            T *restrict orow = op + h * W;
-            for (int64_t w = 0; w < W; ++w)
-                orow[w] = gr[w] * a[w] + q[w];
+            FN(fma_row)(op + h * W, gp + h * W, a, q, W, stream);
         }
     }
 }
@@ -384,7 +414,8 @@ static int64_t FN(group_batches)(int64_t B, int64_t C, int64_t H, int64_t W)
 /* The forward: out = x * U(mix(P x)) (B, C, H, W); local = P x (B, C, ls, ls), saved for the
  * backward. One parallel region; per group of batches: pool | gate convs | sigmoid | scale. */
 static int FN(forward)(const T *x, T *out, T *local, const T *wg, const T *wl, int64_t B,
-                       int64_t C, int64_t H, int64_t W, int64_t ls, int64_t k, T lw, int nthreads)
+                       int64_t C, int64_t H, int64_t W, int64_t ls, int64_t k, T lw, int nthreads,
+                       int stream)
 {
     const int64_t P = B * C, bins = ls * ls, L = bins * C, row = C + L;
     const int64_t gb = FN(group_batches)(B, C, H, W);
@@ -419,9 +450,14 @@ static int FN(forward)(const T *x, T *out, T *local, const T *wg, const T *wl, i
                 FN(gate_convs)(gvec, seq, pre, wg, wl, b0, b1, C, L, k);
                 FN(sigmoid_all)(pre + b0 * row, (b1 - b0) * row);
                 if (buf != NULL)
-                    FN(scale_planes)(x, out, pre, p0, p1, C, H, W, ls, lw, &ah, &aw, buf);
+                    FN(scale_planes)(x, out, pre, p0, p1, C, H, W, ls, lw, &ah, &aw, buf,
+                                     stream);
             }
             free(buf);
+#ifdef HAVE_STREAM
+            if (stream)
+                _mm_sfence(); /* order this thread's streamed stores before the region ends */
+#endif
         }
     }
     free(gvec);
@@ -439,7 +475,7 @@ static int FN(forward)(const T *x, T *out, T *local, const T *wg, const T *wl, i
  * thread count. */
 static int FN(backward)(const T *g, const T *x, const T *local, const T *wg, const T *wl, T lw,
                         int64_t B, int64_t C, int64_t H, int64_t W, int64_t ls, int64_t k, T *gx,
-                        T *gwg, T *gwl, int nthreads)
+                        T *gwg, T *gwl, int nthreads, int stream)
 {
     const int64_t P = B * C, bins = ls * ls, L = bins * C, row = C + L, pad = (k - 1) / 2;
     const int64_t gb = FN(group_batches)(B, C, H, W);
@@ -517,9 +553,14 @@ static int FN(backward)(const T *g, const T *x, const T *local, const T *wg, con
                 }
 #pragma omp barrier
                 if (buf != NULL && gx != NULL)
-                    FN(dx_planes)(g, gx, pre, glocal, p0, p1, C, H, W, ls, lw, &ah, &aw, buf);
+                    FN(dx_planes)(g, gx, pre, glocal, p0, p1, C, H, W, ls, lw, &ah, &aw, buf,
+                                  stream);
             }
             free(buf);
+#ifdef HAVE_STREAM
+            if (stream)
+                _mm_sfence();
+#endif
         }
         for (int64_t t = 0; t < k; ++t) {
             double sl = 0, sg = 0;

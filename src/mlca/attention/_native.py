@@ -28,6 +28,14 @@ __all__ = ["native_available", "native_unsupported", "native_forward", "native_b
 
 _DTYPES = (torch.float32, torch.float64)
 
+# Outputs from this size on are written with non-temporal (streaming) stores: a plain store to a
+# line not in cache first reads the line from memory: on the development machine the forward at
+# MLCA's YOLO shapes took 1.2-1.5x as long without streaming, and a 1x1 conv reading the output
+# right after was not slower with it, even at 0.4 MB (measure yours: bench_mlca.py --stream-ab).
+# Below this size the output may well stay in a larger cache for the next layer, so it is written
+# normally. Set to 0 to always stream, to a huge value to never.
+STREAM_MIN_BYTES = 4 << 20
+
 
 def native_available() -> bool:
     """True when the C extension was built and imports."""
@@ -67,7 +75,7 @@ def native_forward(
     local = torch.empty(b, c, ls, ls, dtype=x.dtype)
     _mlca_c.forward(x.dtype == torch.float64, x.data_ptr(), out.data_ptr(), local.data_ptr(),
                     wg.data_ptr(), wl.data_ptr(), b, c, h, w, ls, wg.numel(), lw,
-                    torch.get_num_threads())
+                    torch.get_num_threads(), out.nbytes >= STREAM_MIN_BYTES)
     return out, local
 
 
@@ -90,7 +98,7 @@ def native_backward(
     _mlca_c.backward(x.dtype == torch.float64, g.data_ptr(), x.data_ptr(), local.data_ptr(),
                      wg.data_ptr(), wl.data_ptr(), lw, b, c, h, w, ls, k,
                      0 if gx is None else gx.data_ptr(), gwg.data_ptr(), gwl.data_ptr(),
-                     torch.get_num_threads())
+                     torch.get_num_threads(), x.nbytes >= STREAM_MIN_BYTES)
     g_wg = gwg.view(w_global.shape).to(w_global.dtype) if needs[1] else None
     g_wl = gwl.view(w_local.shape).to(w_local.dtype) if needs[2] else None
     return gx, g_wg, g_wl
