@@ -305,11 +305,16 @@ static inline void FN(fma_row)(T *restrict o, const T *restrict gr, const T *res
         o[w] = gr[w] * a[w] + q[w];
 }
 
-/* out[p] = x[p] * U(mix_p) for planes [p0, p1); buf: bins + (ls + 1) * W scratch. */
+/* out[p] = x[p] * U(mix_p) for planes [p0, p1); buf: bins + (ls + 1) * W scratch.
+ * ``ahead`` > 0: while scaling plane p, prefetch plane p + ahead (the plane this thread pools
+ * next, in the next batch group), so that the next group's reads from memory overlap this
+ * group's writes instead of following them. */
 static void FN(scale_planes)(const T *restrict x, T *restrict out, const T *sig, int64_t p0,
                              int64_t p1, int64_t C, int64_t H, int64_t W, int64_t ls, T lw,
-                             const struct axis *ah, const struct axis *aw, T *buf, int stream)
+                             const struct axis *ah, const struct axis *aw, T *buf, int stream,
+                             int64_t ahead, int64_t P)
 {
+    const int64_t line = 64 / (int64_t)sizeof(T);
     const int64_t bins = ls * ls;
     T *mix = buf, *m = buf + bins, *tmp = m + ls * W;
     for (int64_t p = p0; p < p1; ++p) {
@@ -318,8 +323,12 @@ static void FN(scale_planes)(const T *restrict x, T *restrict out, const T *sig,
         const T *restrict xp = x + p * H * W;
         T *restrict op = out + p * H * W;
         int64_t last[2] = {-1, -1};
+        const T *next = ahead > 0 && p + ahead < P ? x + (p + ahead) * H * W : NULL;
         for (int64_t h = 0; h < H; ++h) {
             const T *restrict a = FN(row_h)(m, W, h, ah, 0, tmp, last);
+            if (next != NULL)
+                for (int64_t w = 0; w < W; w += line)
+                    __builtin_prefetch(next + h * W + w, 0, 3);
             FN(mul_row)(op + h * W, xp + h * W, a, W, stream);
         }
     }
@@ -407,7 +416,7 @@ static size_t FN(scratch)(int64_t W, int64_t ls)
 static int64_t FN(group_batches)(int64_t B, int64_t C, int64_t H, int64_t W)
 {
     const int64_t per = C * H * W * (int64_t)sizeof(T);
-    int64_t n = (int64_t)(1 << 20) / (per > 0 ? per : 1);
+    int64_t n = (int64_t)(GROUP_BYTES) / (per > 0 ? per : 1);
     return n < 1 ? 1 : (n > B ? B : n);
 }
 
@@ -419,6 +428,9 @@ static int FN(forward)(const T *x, T *out, T *local, const T *wg, const T *wl, i
 {
     const int64_t P = B * C, bins = ls * ls, L = bins * C, row = C + L;
     const int64_t gb = FN(group_batches)(B, C, H, W);
+    /* prefetching the next group pays while a group fits in cache (measured: -10 to -16 % at
+     * (16, 64..256, 80..20) with inputs from memory; +3 % at 6.5 MB groups) */
+    const int64_t ahead = gb * C * H * W * (int64_t)sizeof(T) <= (2 << 20) ? gb * C : 0;
     struct axis ah = {0}, aw = {0};
     T *gvec = NULL, *seq = NULL, *pre = NULL;
     int err = axis_init(&ah, H, ls) || axis_init(&aw, W, ls);
@@ -451,7 +463,7 @@ static int FN(forward)(const T *x, T *out, T *local, const T *wg, const T *wl, i
                 FN(sigmoid_all)(pre + b0 * row, (b1 - b0) * row);
                 if (buf != NULL)
                     FN(scale_planes)(x, out, pre, p0, p1, C, H, W, ls, lw, &ah, &aw, buf,
-                                     stream);
+                                     stream, ahead, P);
             }
             free(buf);
 #ifdef HAVE_STREAM

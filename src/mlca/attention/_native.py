@@ -56,10 +56,10 @@ def native_unsupported(x: Tensor) -> Optional[str]:
 
 
 def _flat(w: Tensor, dtype: torch.dtype) -> Tensor:
-    """A conv weight (1, 1, k) as k contiguous values of ``dtype`` (a view when it already is)."""
-    w = w.detach()
+    """A conv weight (1, 1, k) as k contiguous values of ``dtype``: w itself when it already is
+    (only its data pointer is read), else a converted copy."""
     if w.dtype != dtype or not w.is_contiguous():
-        w = w.to(dtype).contiguous()
+        w = w.detach().to(dtype).contiguous()
     return w
 
 

@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._mlca_function import mlca_forward_core, mlca_function
+from ._native import native_unsupported
 from ._pooling import adaptive_mean, matrix_grow, matrix_shrink, pool_matrix
 from .registry import register_attention
 
@@ -401,8 +403,6 @@ class MLCA(nn.Module):
             return plain(x, wg, wl, self.local_size, self.local_weight)
         native = False
         if backend in ("auto", "c"):
-            from ._native import native_unsupported
-
             why = native_unsupported(x)
             if backend == "c" and why is not None:
                 raise ValueError(f"MLCA backend 'c' cannot run this input: {why}")
@@ -411,8 +411,6 @@ class MLCA(nn.Module):
             from ._mlca_op import mlca_op
 
             return mlca_op(x, wg, wl, self.local_size, self.local_weight, native)
-        from ._mlca_function import mlca_forward_core, mlca_function
-
         if not (torch.is_grad_enabled() and (x.requires_grad or wg.requires_grad
                                              or wl.requires_grad)):
             # inference: no autograd.Function to set up, nothing kept for a backward
