@@ -169,7 +169,8 @@ def _interleaved_medians(fns: list[Callable[[int], None]], reps: int, warmup: in
     (A A A, B B B, C C C, A A A, ...) until each has ``reps`` timings.
 
     Round-robin makes the ratios robust on a shared machine: a burst of load from other
-    processes hits every contender alike instead of whichever happened to run then. Blocks
+    processes hits every contender alike instead of whichever happened to run then. The order
+    reverses every round (A B C, C B A, ...), so no contender always runs first. Blocks
     let each contender run in the allocator state it leaves itself, as a layer called in a
     loop does: with block 1, large outputs freed by one contender are returned to the OS and
     the next contender's fresh outputs page-fault back in (on glibc, ~20 ms per 50 MB).
@@ -179,8 +180,12 @@ def _interleaved_medians(fns: list[Callable[[int], None]], reps: int, warmup: in
             fn(i)
     times: list[list[float]] = [[] for _ in fns]
     i = 0
+    order = list(range(len(fns)))
     while len(times[0]) < reps:
-        for k, fn in enumerate(fns):
+        # alternate the order every round: a contender's first calls find the inputs in the state
+        # the previous one left them (in cache or not); no contender should always come first
+        for k in order:
+            fn = fns[k]
             for j in range(min(block, reps - len(times[k]))):
                 _sync(dev)
                 t0 = _CLOCK()
@@ -188,6 +193,7 @@ def _interleaved_medians(fns: list[Callable[[int], None]], reps: int, warmup: in
                 _sync(dev)
                 times[k].append(_CLOCK() - t0)
         i += block
+        order.reverse()
     return [statistics.median(t) for t in times]
 
 

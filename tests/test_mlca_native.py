@@ -122,7 +122,7 @@ def test_empty_batch_and_non_contiguous_gradient():
 
 @needs_native
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("shape", [(2, 8, 20, 20), (2, 5, 13, 11), (1, 3, 7, 33)])
+@pytest.mark.parametrize("shape", [(2, 8, 20, 20), (2, 5, 13, 11), (1, 3, 7, 33), (1, 3, 7, 36)])
 def test_streamed_outputs_are_the_same_bits(monkeypatch, dtype, shape):
     """Non-temporal stores (outputs >= STREAM_MIN_BYTES) change how, not what, is written:
     aligned and unaligned rows, vector body and scalar head/tail."""

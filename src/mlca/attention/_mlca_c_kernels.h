@@ -270,18 +270,19 @@ static void FN(sigmoid_all)(T *pre, int64_t n)
 }
 
 /* o[w] = x[w] * a[w], w < W; ``stream``: with non-temporal stores (no read of o's lines
- * before writing them, which a plain store of a line not in cache costs). */
+ * before writing them, which a plain store of a line not in cache costs). The caller streams only
+ * when every row starts 16-byte aligned and W is a multiple of the vector width (see
+ * stream_rows), so every store to a streamed line is a non-temporal one: mixing plain stores
+ * into a line being written non-temporally makes each partial line a separate memory write
+ * (measured 10x slower at W = 13). */
 static inline void FN(mul_row)(T *restrict o, const T *restrict xr, const T *restrict a, int64_t W,
                                int stream)
 {
     int64_t w = 0;
 #ifdef HAVE_STREAM
-    if (stream) {
-        for (; w < W && ((uintptr_t)(o + w) & 15); ++w)
-            o[w] = xr[w] * a[w];
+    if (stream)
         for (; w + VEC_N <= W; w += VEC_N)
             VEC_STREAM(o + w, VEC_MUL(VEC_LOADU(xr + w), VEC_LOADU(a + w)));
-    }
 #endif
     for (; w < W; ++w)
         o[w] = xr[w] * a[w];
@@ -293,16 +294,26 @@ static inline void FN(fma_row)(T *restrict o, const T *restrict gr, const T *res
 {
     int64_t w = 0;
 #ifdef HAVE_STREAM
-    if (stream) {
-        for (; w < W && ((uintptr_t)(o + w) & 15); ++w)
-            o[w] = gr[w] * a[w] + q[w];
+    if (stream)
         for (; w + VEC_N <= W; w += VEC_N)
             VEC_STREAM(o + w, VEC_ADD(VEC_MUL(VEC_LOADU(gr + w), VEC_LOADU(a + w)),
                                       VEC_LOADU(q + w)));
-    }
 #endif
     for (; w < W; ++w)
         o[w] = gr[w] * a[w] + q[w];
+}
+
+/* Whether rows of width W written to ``out`` can all be streamed (see mul_row). */
+static int FN(stream_rows)(const T *out, int64_t W, int requested)
+{
+#ifdef HAVE_STREAM
+    return requested && W % VEC_N == 0 && ((uintptr_t)out & 15) == 0;
+#else
+    (void)out;
+    (void)W;
+    (void)requested;
+    return 0;
+#endif
 }
 
 /* out[p] = x[p] * U(mix_p) for planes [p0, p1); buf: bins + (ls + 1) * W scratch.
@@ -431,6 +442,7 @@ static int FN(forward)(const T *x, T *out, T *local, const T *wg, const T *wl, i
     /* prefetching the next group pays while a group fits in cache (measured: -10 to -16 % at
      * (16, 64..256, 80..20) with inputs from memory; +3 % at 6.5 MB groups) */
     const int64_t ahead = gb * C * H * W * (int64_t)sizeof(T) <= (2 << 20) ? gb * C : 0;
+    stream = FN(stream_rows)(out, W, stream);
     struct axis ah = {0}, aw = {0};
     T *gvec = NULL, *seq = NULL, *pre = NULL;
     int err = axis_init(&ah, H, ls) || axis_init(&aw, W, ls);
@@ -491,6 +503,7 @@ static int FN(backward)(const T *g, const T *x, const T *local, const T *wg, con
 {
     const int64_t P = B * C, bins = ls * ls, L = bins * C, row = C + L, pad = (k - 1) / 2;
     const int64_t gb = FN(group_batches)(B, C, H, W);
+    stream = gx != NULL && FN(stream_rows)(gx, W, stream);
     struct axis ah = {0}, aw = {0};
     int err = axis_init(&ah, H, ls) || axis_init(&aw, W, ls);
     /* one block for the small temporaries: gvec, gyg (P); seq, gyl (B*L); pre, gpre
