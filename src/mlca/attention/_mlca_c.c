@@ -143,6 +143,14 @@ static inline double sigmoid_d(double x)
     return 1.0 / (1.0 + exp(-x));
 }
 
+/* The sigmoid is compute-bound (the rest is memory-bound and gains nothing from wider vectors):
+ * an AVX2 clone where the compiler and the loader support function multi-versioning. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define CLONES
+#endif
+
 #if defined(__SSE2__) || defined(_M_X64)
 #include <emmintrin.h>
 #define HAVE_STREAM 1

@@ -165,24 +165,39 @@ static void FN(gather_small)(const T *local, T *gvec, T *seq, int64_t p0, int64_
     }
 }
 
+/* Gates in place: v[i] = sigmoid(v[i]), i < n. */
+static CLONES void FN(sigmoid_range)(T *restrict v, int64_t n)
+{
+    for (int64_t i = 0; i < n; ++i)
+        v[i] = FN(sigmoid)(v[i]);
+}
+
 /* pre[b] = [conv(gvec[b], wg) | conv(seq[b], wl)] for batches [b0, b1), rows of C + L
- * (L = ls*ls*C): the gates before the sigmoid. A worksharing loop: call inside a region. */
+ * (L = ls*ls*C): the gates, through the sigmoid when ``gate`` (each task applies it to the slice
+ * it just wrote), else before it. A worksharing loop: call inside a parallel region. */
 static void FN(gate_convs)(const T *gvec, const T *seq, T *pre, const T *wg, const T *wl,
-                           int64_t b0, int64_t b1, int64_t C, int64_t L, int64_t k)
+                           int64_t b0, int64_t b1, int64_t C, int64_t L, int64_t k, int gate)
 {
     const int64_t nb = b1 - b0, nl = conv_tasks(nb, L), ng = conv_tasks(nb, C), row = C + L;
 #pragma omp for schedule(static, 1)
     for (int64_t task = 0; task < nl + ng; ++task) {
+        T *y;
+        int64_t c0, c1;
         if (task < nl) {
-            const int64_t per = nl / nb, b = b0 + task / per, c0 = (task % per) * CONV_CHUNK;
-            const int64_t c1 = c0 + CONV_CHUNK < L ? c0 + CONV_CHUNK : L;
-            FN(conv_same)(seq + b * L, L, wl, k, pre + b * row + C, c0, c1);
+            const int64_t per = nl / nb, b = b0 + task / per;
+            c0 = (task % per) * CONV_CHUNK;
+            c1 = c0 + CONV_CHUNK < L ? c0 + CONV_CHUNK : L;
+            y = pre + b * row + C;
+            FN(conv_same)(seq + b * L, L, wl, k, y, c0, c1);
         } else {
             const int64_t t2 = task - nl, per = ng / nb, b = b0 + t2 / per;
-            const int64_t c0 = (t2 % per) * CONV_CHUNK;
-            const int64_t c1 = c0 + CONV_CHUNK < C ? c0 + CONV_CHUNK : C;
-            FN(conv_same)(gvec + b * C, C, wg, k, pre + b * row, c0, c1);
+            c0 = (t2 % per) * CONV_CHUNK;
+            c1 = c0 + CONV_CHUNK < C ? c0 + CONV_CHUNK : C;
+            y = pre + b * row;
+            FN(conv_same)(gvec + b * C, C, wg, k, y, c0, c1);
         }
+        if (gate)
+            FN(sigmoid_range)(y + c0, c1 - c0);
     }
 }
 
@@ -257,18 +272,6 @@ static const T *FN(row_h)(const T *m, int64_t W, int64_t h, const struct axis *a
     return tmp;
 }
 
-/* Gates in place: pre[i] = sigmoid(pre[i]) over [0, n). Worksharing loop inside a region. */
-static void FN(sigmoid_all)(T *pre, int64_t n)
-{
-    const int64_t chunks = (n + CONV_CHUNK - 1) / CONV_CHUNK;
-#pragma omp for schedule(static, 1)
-    for (int64_t ch = 0; ch < chunks; ++ch) {
-        const int64_t i1 = (ch + 1) * CONV_CHUNK < n ? (ch + 1) * CONV_CHUNK : n;
-        for (int64_t i = ch * CONV_CHUNK; i < i1; ++i)
-            pre[i] = FN(sigmoid)(pre[i]);
-    }
-}
-
 /* o[w] = x[w] * a[w], w < W; ``stream``: with non-temporal stores (no read of o's lines
  * before writing them, which a plain store of a line not in cache costs). The caller streams only
  * when every row starts 16-byte aligned and W is a multiple of the vector width (see
@@ -336,7 +339,9 @@ static void FN(scale_planes)(const T *restrict x, T *restrict out, const T *sig,
         int64_t last[2] = {-1, -1};
         const T *next = ahead > 0 && p + ahead < P ? x + (p + ahead) * H * W : NULL;
         for (int64_t h = 0; h < H; ++h) {
-            const T *restrict a = FN(row_h)(m, W, h, ah, 0, tmp, last);
+            /* block case: row h reads bin row h / kh of m directly */
+            const T *restrict a = ah->blocks ? m + (h / (H / ls)) * W
+                                             : FN(row_h)(m, W, h, ah, 0, tmp, last);
             if (next != NULL)
                 for (int64_t w = 0; w < W; w += line)
                     __builtin_prefetch(next + h * W + w, 0, 3);
@@ -471,8 +476,7 @@ static int FN(forward)(const T *x, T *out, T *local, const T *wg, const T *wl, i
                     FN(gather_small)(local, gvec, seq, p0, p1, C, bins);
                 }
 #pragma omp barrier
-                FN(gate_convs)(gvec, seq, pre, wg, wl, b0, b1, C, L, k);
-                FN(sigmoid_all)(pre + b0 * row, (b1 - b0) * row);
+                FN(gate_convs)(gvec, seq, pre, wg, wl, b0, b1, C, L, k, 1);
                 if (buf != NULL)
                     FN(scale_planes)(x, out, pre, p0, p1, C, H, W, ls, lw, &ah, &aw, buf,
                                      stream, ahead, P);
@@ -537,8 +541,7 @@ static int FN(backward)(const T *g, const T *x, const T *local, const T *wg, con
                     FN(gx_pool_planes)(g, x, gmix, p0, p1, H, W, ls, &ah, &aw, buf);
                 FN(gather_small)(local, gvec, seq, p0, p1, C, bins);
 #pragma omp barrier
-                FN(gate_convs)(gvec, seq, pre, wg, wl, b0, b1, C, L, k);
-                FN(sigmoid_all)(pre + b0 * row, nb * row);
+                FN(gate_convs)(gvec, seq, pre, wg, wl, b0, b1, C, L, k, 1);
                 /* gradients of the gates' pre-activations (mix = sg (1 - lw) + sl lw) */
                 for (int64_t p = p0; p < p1; ++p) {
                     const int64_t b = p / C, c = p % C;
@@ -553,7 +556,7 @@ static int FN(backward)(const T *g, const T *x, const T *local, const T *wg, con
                 }
 #pragma omp barrier
                 /* the transposed convs: gpre = [conv^T(gyg, wg) | conv^T(gyl, wl)] per batch */
-                FN(gate_convs)(gyg, gyl, gpre, wgf, wlf, b0, b1, C, L, k);
+                FN(gate_convs)(gyg, gyl, gpre, wgf, wlf, b0, b1, C, L, k, 0);
                 /* weight-gradient terms, one (which, batch, tap) per task:
                  * sum_i gy[i] v[i + t - pad] */
 #pragma omp for schedule(static, 1)

@@ -24,7 +24,10 @@ try:  # imported after torch: the extension's OpenMP runtime is the one torch lo
 except ImportError:  # not built (no compiler at install time): the PyTorch kernels run instead
     _mlca_c = None
 
-__all__ = ["native_available", "native_unsupported", "native_forward", "native_backward"]
+__all__ = [
+    "native_available", "native_unsupported", "dispatch_mode_active", "native_forward",
+    "native_backward",
+]
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -42,17 +45,40 @@ def native_available() -> bool:
     return _mlca_c is not None
 
 
-def native_unsupported(x: Tensor) -> Optional[str]:
-    """Why the C kernels cannot take ``x`` (a sentence), or None when they can."""
+_is_functorch_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", lambda t: False)
+
+
+def native_unsupported(x: Tensor, eager: bool = True) -> Optional[str]:
+    """Why the C kernels cannot take ``x`` (a sentence), or None when they can.
+
+    ``eager``: also refuse what only eager mode can meet: tensor subclasses and tensors wrapped by
+    torch.func transforms. (Under torch.compile these checks are not traced; the custom op's
+    inputs are plain tensors.) Active ``TorchDispatchMode``s are the caller's business
+    (``dispatch_mode_active``).
+    """
     if _mlca_c is None:
         return "the C extension mlca.attention._mlca_c is not built (reinstall mlca with a C compiler)"
     if x.device.type != "cpu":
         return f"the C kernels run on the CPU, got a tensor on {x.device}"
     if x.dtype not in _DTYPES:
         return f"the C kernels take float32 or float64, got {x.dtype}"
+    if x.layout != torch.strided:
+        return f"the C kernels take dense tensors, got layout {x.layout}"
+    if eager:
+        if type(x) is not torch.Tensor and type(x) is not torch.nn.Parameter:
+            return f"the C kernels take plain tensors, got a {type(x).__name__}"
+        if _is_functorch_wrapped(x):
+            return "the input is wrapped by a torch.func transform (vmap, grad, ...)"
     if not x.is_contiguous():
         return "the C kernels take contiguous (NCHW) tensors, got a non-contiguous or channels_last one"
     return None
+
+
+def dispatch_mode_active() -> bool:
+    """True under a ``TorchDispatchMode`` (``FlopCounterMode``, ``attention_cost``'s counter, ...):
+    such a mode must see every op, and would see none of the C kernels', so MLCA runs its
+    PyTorch kernels then, even when the "c" backend is forced."""
+    return torch._C._len_torch_dispatch_stack() > 0
 
 
 def _flat(w: Tensor, dtype: torch.dtype) -> Tensor:

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._mlca_function import mlca_forward_core, mlca_function
-from ._native import native_unsupported
+from ._native import dispatch_mode_active, native_unsupported
 from ._pooling import adaptive_mean, matrix_grow, matrix_shrink, pool_matrix
 from .registry import register_attention
 
@@ -403,10 +403,10 @@ class MLCA(nn.Module):
             return plain(x, wg, wl, self.local_size, self.local_weight)
         native = False
         if backend in ("auto", "c"):
-            why = native_unsupported(x)
+            why = native_unsupported(x, eager=not traced)
             if backend == "c" and why is not None:
                 raise ValueError(f"MLCA backend 'c' cannot run this input: {why}")
-            native = why is None
+            native = why is None and (traced or not dispatch_mode_active())
         if traced:
             from ._mlca_op import mlca_op
 
