@@ -139,3 +139,19 @@ def test_streamed_outputs_are_the_same_bits(monkeypatch, dtype, shape):
         y.backward(g)
         runs.append((y, xx.grad, m.conv.weight.grad.clone(), m.conv_local.weight.grad.clone()))
     assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+@needs_native
+def test_dispatch_modes_see_the_pytorch_kernels():
+    """A FLOP counter (any TorchDispatchMode) must see MLCA's ops: the C kernels step aside, even
+    when forced, and the counted FLOPs are the two 1-D convs of the PyTorch kernels."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(1, 64, 20, 20)
+    counts = []
+    for backend in ("c", "torch"):
+        with FlopCounterMode(display=False) as fc:
+            MLCA(64, backend=backend)(x)
+        counts.append(fc.get_total_flops())
+    k = MLCA(64).conv.kernel_size[0]
+    assert counts[0] == counts[1] == 2 * k * (64 + 25 * 64)
