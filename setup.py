@@ -2,7 +2,7 @@
 
 The extension is plain C against CPython's API (no PyTorch headers), so it builds in seconds with
 any C compiler and any installed torch. It is optional: where it cannot be built (no compiler),
-the install still succeeds and MLCA runs its PyTorch kernels (``mlca.attention.native_available()``
+the install still succeeds and MLCA runs its PyTorch kernels (``mlca.attention._native.native_available()``
 says which).
 """
 
