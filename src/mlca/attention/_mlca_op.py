@@ -22,14 +22,14 @@ __all__ = ["mlca_op"]
 @torch.library.custom_op("mlca::mlca_fwd", mutates_args=())
 def _mlca_fwd(
     x: Tensor, w_global: Tensor, w_local: Tensor, local_size: int, local_weight: float,
-    native: bool,
+    native: bool = False,
 ) -> Tuple[Tensor, Tensor]:
     out, local = mlca_forward_core(x, w_global, w_local, local_size, local_weight, native)
     return out, local
 
 
 @_mlca_fwd.register_fake
-def _mlca_fwd_fake(x, w_global, w_local, local_size, local_weight, native):
+def _mlca_fwd_fake(x, w_global, w_local, local_size, local_weight, native=False):
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
     local = x.new_empty((x.shape[0], x.shape[1], local_size, local_size), dtype=cdt)
     return torch.empty_like(x), local
@@ -38,7 +38,7 @@ def _mlca_fwd_fake(x, w_global, w_local, local_size, local_weight, native):
 @torch.library.custom_op("mlca::mlca_bwd", mutates_args=())
 def _mlca_bwd(
     g: Tensor, x: Tensor, local: Tensor, w_global: Tensor, w_local: Tensor, local_size: int,
-    local_weight: float, native: bool,
+    local_weight: float, native: bool = False,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     gx, gwg, gwl = mlca_backward_core(g, x, local, w_global, w_local, local_size, local_weight,
                                       native=native)
@@ -46,7 +46,7 @@ def _mlca_bwd(
 
 
 @_mlca_bwd.register_fake
-def _mlca_bwd_fake(g, x, local, w_global, w_local, local_size, local_weight, native):
+def _mlca_bwd_fake(g, x, local, w_global, w_local, local_size, local_weight, native=False):
     return torch.empty_like(x), torch.empty_like(w_global), torch.empty_like(w_local)
 
 
