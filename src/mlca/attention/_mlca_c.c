@@ -27,6 +27,14 @@
 #include <omp.h>
 #endif
 
+/* Portability: MSVC spells restrict __restrict and has no __builtin_prefetch. */
+#if defined(_MSC_VER) && !defined(__clang__)
+#define restrict __restrict
+#define PREFETCH(p) ((void)(p))
+#else
+#define PREFETCH(p) __builtin_prefetch((p), 0, 3)
+#endif
+
 /* Below this many elements a call runs on one thread (waking the pool costs more). */
 #define PARALLEL_MIN_WORK 32768
 

@@ -344,7 +344,7 @@ static void FN(scale_planes)(const T *restrict x, T *restrict out, const T *sig,
                                              : FN(row_h)(m, W, h, ah, 0, tmp, last);
             if (next != NULL)
                 for (int64_t w = 0; w < W; w += line)
-                    __builtin_prefetch(next + h * W + w, 0, 3);
+                    PREFETCH(next + h * W + w);
             FN(mul_row)(op + h * W, xp + h * W, a, W, stream);
         }
     }
