@@ -155,3 +155,25 @@ def test_dispatch_modes_see_the_pytorch_kernels():
         counts.append(fc.get_total_flops())
     k = MLCA(64).conv.kernel_size[0]
     assert counts[0] == counts[1] == 2 * k * (64 + 25 * 64)
+
+
+@needs_native
+@pytest.mark.parametrize("c, gamma", [(1, 2), (8, 2), (300, 2), (64, 1), (8, 0.5), (16, 0.5), (40, 0.5)])
+def test_every_kernel_size_matches_the_pytorch_kernels(c, gamma):
+    """The C convolutions unroll k = 3, 5, 7, 9 and loop otherwise (k = 1, 11, 13 here; the
+    reference tests' channel counts reach k = 5 only): float64 outputs and all gradients agree
+    with the PyTorch kernels, which the reference tests check."""
+    mc = MLCA(c, gamma=gamma, backend="c").double()
+    ref.random_weights(mc, torch.Generator().manual_seed(c))
+    mt = MLCA(c, gamma=gamma, backend="torch").double()
+    mt.load_state_dict(mc.state_dict())
+    x = torch.randn(2, c, 11, 15, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    g = torch.randn(2, c, 11, 15, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    grads = []
+    for m in (mc, mt):
+        xx = x.clone().requires_grad_(True)
+        y = m(xx)
+        y.backward(g)
+        grads.append((y, xx.grad, m.conv.weight.grad, m.conv_local.weight.grad))
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12 * b.abs().max().item())
