@@ -496,6 +496,57 @@ static int FN(forward)(const T *x, T *out, T *local, const T *wg, const T *wl, i
     return err;
 }
 
+/* The backward of the gates (steps 2-4) for batches [b0, b1), called by every thread of a region
+ * with its share [p0, p1) of those batches' planes, once gmix = dL/dmix (P, bins) is complete:
+ * recomputes the gates into pre, then gyl/gyg (the gradients before the sigmoids), the transposed
+ * convolutions into gpre, the weight-gradient terms pw[which][b][t] (double) and
+ * glocal = dL/dlocal (P, bins). Contains barriers: every thread must call it. */
+static void FN(gate_chain_backward)(const T *gvec, const T *seq, T *pre, const T *gmix, T *gyl,
+                                    T *gyg, T *gpre, T *glocal, double *pw, const T *wg,
+                                    const T *wl, const T *wgf, const T *wlf, T lw, int64_t b0,
+                                    int64_t b1, int64_t p0, int64_t p1, int64_t B, int64_t C,
+                                    int64_t ls, int64_t k)
+{
+    const int64_t bins = ls * ls, L = bins * C, row = C + L, pad = (k - 1) / 2, nb = b1 - b0;
+    FN(gate_convs)(gvec, seq, pre, wg, wl, b0, b1, C, L, k, 1);
+    /* gradients of the gates' pre-activations (mix = sg (1 - lw) + sl lw) */
+    for (int64_t p = p0; p < p1; ++p) {
+        const int64_t b = p / C, c = p % C;
+        const T *sb = pre + b * row;
+        const T *gm = gmix + p * bins;
+        for (int64_t q = 0; q < bins; ++q) {
+            const T s = sb[C + q * C + c];
+            gyl[b * L + q * C + c] = gm[q] * lw * s * ((T)1 - s);
+        }
+        const T s = sb[c];
+        gyg[p] = FN(sum_lanes)(gm, bins) * ((T)1 - lw) * s * ((T)1 - s);
+    }
+#pragma omp barrier
+    /* the transposed convs: gpre = [conv^T(gyg, wg) | conv^T(gyl, wl)] per batch */
+    FN(gate_convs)(gyg, gyl, gpre, wgf, wlf, b0, b1, C, L, k, 0);
+    /* weight-gradient terms, one (which, batch, tap) per task: sum_i gy[i] v[i + t - pad] */
+#pragma omp for schedule(static, 1)
+    for (int64_t task = 0; task < 2 * nb * k; ++task) {
+        const int64_t which = task / (nb * k), b = b0 + (task / k) % nb, t = task % k;
+        const T *gy = which ? gyg + b * C : gyl + b * L;
+        const T *v = which ? gvec + b * C : seq + b * L;
+        const int64_t n = which ? C : L;
+        const int64_t lo = pad - t > 0 ? pad - t : 0;
+        const int64_t hi = n + pad - t < n ? n + pad - t : n;
+        pw[which * B * k + b * k + t] =
+            hi > lo ? FN(dot_lanes)(gy + lo, v + lo + t - pad, hi - lo) : 0.0;
+    }
+    /* glocal[b, c, bin] = dL/dseq[b, bin*C + c] + dL/dgvec[b, c] / bins */
+    for (int64_t p = p0; p < p1; ++p) {
+        const int64_t b = p / C, c = p % C;
+        const T gg = gpre[b * row + c] / (T)bins;
+        const T *gs = gpre + b * row + C + c;
+        T *gl = glocal + p * bins;
+        for (int64_t q = 0; q < bins; ++q)
+            gl[q] = gs[q * C] + gg;
+    }
+}
+
 /* The backward from g = dL/dout (B, C, H, W), x and the saved local: gx = dL/dx (skipped when
  * NULL), gwg, gwl = dL/dw (k). Per group of batches: U^T(g x) and the gates | the gate chain |
  * the transposed convs and weight-gradient terms | g U(mix) + P^T(dlocal). Weight gradients are
@@ -505,7 +556,7 @@ static int FN(backward)(const T *g, const T *x, const T *local, const T *wg, con
                         int64_t B, int64_t C, int64_t H, int64_t W, int64_t ls, int64_t k, T *gx,
                         T *gwg, T *gwl, int nthreads, int stream)
 {
-    const int64_t P = B * C, bins = ls * ls, L = bins * C, row = C + L, pad = (k - 1) / 2;
+    const int64_t P = B * C, bins = ls * ls, L = bins * C, row = C + L;
     const int64_t gb = FN(group_batches)(B, C, H, W);
     stream = gx != NULL && FN(stream_rows)(gx, W, stream);
     struct axis ah = {0}, aw = {0};
@@ -541,44 +592,8 @@ static int FN(backward)(const T *g, const T *x, const T *local, const T *wg, con
                     FN(gx_pool_planes)(g, x, gmix, p0, p1, H, W, ls, &ah, &aw, buf);
                 FN(gather_small)(local, gvec, seq, p0, p1, C, bins);
 #pragma omp barrier
-                FN(gate_convs)(gvec, seq, pre, wg, wl, b0, b1, C, L, k, 1);
-                /* gradients of the gates' pre-activations (mix = sg (1 - lw) + sl lw) */
-                for (int64_t p = p0; p < p1; ++p) {
-                    const int64_t b = p / C, c = p % C;
-                    const T *sb = pre + b * row;
-                    const T *gm = gmix + p * bins;
-                    for (int64_t q = 0; q < bins; ++q) {
-                        const T s = sb[C + q * C + c];
-                        gyl[b * L + q * C + c] = gm[q] * lw * s * ((T)1 - s);
-                    }
-                    const T s = sb[c];
-                    gyg[p] = FN(sum_lanes)(gm, bins) * ((T)1 - lw) * s * ((T)1 - s);
-                }
-#pragma omp barrier
-                /* the transposed convs: gpre = [conv^T(gyg, wg) | conv^T(gyl, wl)] per batch */
-                FN(gate_convs)(gyg, gyl, gpre, wgf, wlf, b0, b1, C, L, k, 0);
-                /* weight-gradient terms, one (which, batch, tap) per task:
-                 * sum_i gy[i] v[i + t - pad] */
-#pragma omp for schedule(static, 1)
-                for (int64_t task = 0; task < 2 * nb * k; ++task) {
-                    const int64_t which = task / (nb * k), b = b0 + (task / k) % nb, t = task % k;
-                    const T *gy = which ? gyg + b * C : gyl + b * L;
-                    const T *v = which ? gvec + b * C : seq + b * L;
-                    const int64_t n = which ? C : L;
-                    const int64_t lo = pad - t > 0 ? pad - t : 0;
-                    const int64_t hi = n + pad - t < n ? n + pad - t : n;
-                    pw[which * B * k + b * k + t] =
-                        hi > lo ? FN(dot_lanes)(gy + lo, v + lo + t - pad, hi - lo) : 0.0;
-                }
-                /* glocal[b, c, bin] = dL/dseq[b, bin*C + c] + dL/dgvec[b, c] / bins */
-                for (int64_t p = p0; p < p1; ++p) {
-                    const int64_t b = p / C, c = p % C;
-                    const T gg = gpre[b * row + c] / (T)bins;
-                    const T *gs = gpre + b * row + C + c;
-                    T *gl = glocal + p * bins;
-                    for (int64_t q = 0; q < bins; ++q)
-                        gl[q] = gs[q * C] + gg;
-                }
+                FN(gate_chain_backward)(gvec, seq, pre, gmix, gyl, gyg, gpre, glocal, pw, wg, wl,
+                                        wgf, wlf, lw, b0, b1, p0, p1, B, C, ls, k);
 #pragma omp barrier
                 if (buf != NULL && gx != NULL)
                     FN(dx_planes)(g, gx, pre, glocal, p0, p1, C, H, W, ls, lw, &ah, &aw, buf,
