@@ -1,5 +1,6 @@
-"""The C kernels (backend "c"): built where CI runs, chosen by "auto" exactly where they apply,
-refused with a clear error where they do not, and independent of the thread count.
+"""The C kernels (backend "c", NCHW and channels_last): built where CI runs, chosen by "auto"
+exactly where they apply, refused with a clear error where they do not, and independent of the
+thread count.
 
 Their numerics against the float64 reference are tested with the PyTorch kernels' in
 test_mlca_layer.py (every reference test runs on both backends)."""
@@ -47,20 +48,21 @@ def test_auto_takes_the_c_kernels_exactly_where_they_apply(monkeypatch):
     m.double()(x.detach().double())
     assert (fwd.calls, bwd.calls) == (2, 1)
     m.float()
-    m(x.detach().contiguous(memory_format=torch.channels_last))
+    m(x.detach().contiguous(memory_format=torch.channels_last))  # the NHWC kernels
+    assert (fwd.calls, bwd.calls) == (3, 1)
     m(x.detach().to(torch.bfloat16))
+    m(x.detach()[..., ::2])  # neither NCHW- nor channels_last-contiguous
     MLCA(8, backend="torch")(x)
-    assert (fwd.calls, bwd.calls) == (2, 1)
+    assert (fwd.calls, bwd.calls) == (3, 1)
 
 
 @needs_native
 @pytest.mark.parametrize(
     "make, match",
     [
-        (lambda: torch.randn(1, 8, 10, 10).contiguous(memory_format=torch.channels_last),
-         "contiguous"),
         (lambda: torch.randn(1, 8, 10, 10, dtype=torch.float16), "float16"),
-        (lambda: torch.randn(1, 8, 10, 20)[..., ::2], "contiguous"),
+        (lambda: torch.randn(1, 8, 10, 20)[..., ::2], r"contiguous NCHW or channels_last.*strides"),
+        (lambda: torch.randn(2, 8, 10, 10).transpose(0, 1), "contiguous"),
     ],
 )
 def test_forced_c_backend_names_what_it_cannot_take(make, match):
@@ -80,13 +82,15 @@ def test_forced_c_backend_without_the_extension_says_how_to_get_it(monkeypatch):
 
 
 @needs_native
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("shape", [(4, 64, 40, 40), (2, 400, 13, 17), (1, 3, 2, 6)])
-def test_results_do_not_depend_on_the_thread_count(shape):
+def test_results_do_not_depend_on_the_thread_count(shape, channels_last):
     """Every reduction runs per plane or per batch in a fixed order (claimed in _mlca_c.c)."""
     m = MLCA(shape[1], backend="c")
     ref.random_weights(m, torch.Generator().manual_seed(0))
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
-    g = torch.randn(shape, generator=torch.Generator().manual_seed(2))
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1)).contiguous(memory_format=fmt)
+    g = torch.randn(shape, generator=torch.Generator().manual_seed(2)).contiguous(memory_format=fmt)
     before = torch.get_num_threads()
     runs = []
     try:
@@ -121,15 +125,18 @@ def test_empty_batch_and_non_contiguous_gradient():
 
 
 @needs_native
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", [(2, 8, 20, 20), (2, 5, 13, 11), (1, 3, 7, 33), (1, 3, 7, 36)])
-def test_streamed_outputs_are_the_same_bits(monkeypatch, dtype, shape):
+def test_streamed_outputs_are_the_same_bits(monkeypatch, dtype, shape, channels_last):
     """Non-temporal stores (outputs >= STREAM_MIN_BYTES) change how, not what, is written:
     aligned and unaligned rows, vector body and scalar head/tail."""
     m = MLCA(shape[1], backend="c").to(dtype)
     ref.random_weights(m, torch.Generator().manual_seed(3))
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(shape, generator=torch.Generator().manual_seed(4), dtype=dtype)
     g = torch.randn(shape, generator=torch.Generator().manual_seed(5), dtype=dtype)
+    x, g = x.contiguous(memory_format=fmt), g.contiguous(memory_format=fmt)
     runs = []
     for min_bytes in (2**62, 0):
         monkeypatch.setattr(native_mod, "STREAM_MIN_BYTES", min_bytes)

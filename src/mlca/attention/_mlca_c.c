@@ -62,6 +62,7 @@ static void split_range(int64_t n, int64_t *lo, int64_t *hi)
 struct axis {
     int64_t *pool_start, *pool_end, *unpool_start, *unpool_end;
     double *pool_inv, *unpool_inv; /* 1 / window length: pooling (ls,), unpooling (n,) */
+    int64_t ls;                    /* the number of bins */
     int blocks;                    /* n is a multiple of ls: every window is one bin / kh pixels */
 };
 
@@ -98,6 +99,7 @@ static int axis_init(struct axis *a, int64_t n, int64_t ls)
         a->unpool_end[h] = ((h + 1) * ls + n - 1) / n;
         a->unpool_inv[h] = 1.0 / (double)(a->unpool_end[h] - a->unpool_start[h]);
     }
+    a->ls = ls;
     a->blocks = n % ls == 0;
     return 0;
 }
@@ -212,16 +214,22 @@ static PyObject *py_forward(PyObject *self, PyObject *args)
     unsigned long long x, out, local, wg, wl;
     Py_ssize_t B, C, H, W, ls, k;
     double lw;
-    int stream = 0;
-    if (!PyArg_ParseTuple(args, "pKKKKKnnnnnndi|p", &dbl, &x, &out, &local, &wg, &wl, &B, &C,
-                          &H, &W, &ls, &k, &lw, &nthreads, &stream))
+    int stream = 0, nhwc = 0;
+    if (!PyArg_ParseTuple(args, "pKKKKKnnnnnndi|pp", &dbl, &x, &out, &local, &wg, &wl, &B, &C,
+                          &H, &W, &ls, &k, &lw, &nthreads, &stream, &nhwc))
         return NULL;
     int err;
     Py_BEGIN_ALLOW_THREADS
-    err = dbl ? forward_d(PTR(x), PTR(out), PTR(local), PTR(wg), PTR(wl), B, C, H, W, ls, k, lw,
-                          nthreads, stream)
-              : forward_f(PTR(x), PTR(out), PTR(local), PTR(wg), PTR(wl), B, C, H, W, ls, k,
-                          (float)lw, nthreads, stream);
+    if (nhwc)
+        err = dbl ? forward_nhwc_d(PTR(x), PTR(out), PTR(local), PTR(wg), PTR(wl), B, C, H, W, ls,
+                                   k, lw, nthreads, stream)
+                  : forward_nhwc_f(PTR(x), PTR(out), PTR(local), PTR(wg), PTR(wl), B, C, H, W, ls,
+                                   k, (float)lw, nthreads, stream);
+    else
+        err = dbl ? forward_d(PTR(x), PTR(out), PTR(local), PTR(wg), PTR(wl), B, C, H, W, ls, k,
+                              lw, nthreads, stream)
+                  : forward_f(PTR(x), PTR(out), PTR(local), PTR(wg), PTR(wl), B, C, H, W, ls, k,
+                              (float)lw, nthreads, stream);
     Py_END_ALLOW_THREADS
     return done(err);
 }
@@ -232,16 +240,22 @@ static PyObject *py_backward(PyObject *self, PyObject *args)
     unsigned long long g, x, local, wg, wl, gx, gwg, gwl;
     double lw;
     Py_ssize_t B, C, H, W, ls, k;
-    int stream = 0;
-    if (!PyArg_ParseTuple(args, "pKKKKKdnnnnnnKKKi|p", &dbl, &g, &x, &local, &wg, &wl, &lw, &B,
-                          &C, &H, &W, &ls, &k, &gx, &gwg, &gwl, &nthreads, &stream))
+    int stream = 0, nhwc = 0;
+    if (!PyArg_ParseTuple(args, "pKKKKKdnnnnnnKKKi|pp", &dbl, &g, &x, &local, &wg, &wl, &lw, &B,
+                          &C, &H, &W, &ls, &k, &gx, &gwg, &gwl, &nthreads, &stream, &nhwc))
         return NULL;
     int err;
     Py_BEGIN_ALLOW_THREADS
-    err = dbl ? backward_d(PTR(g), PTR(x), PTR(local), PTR(wg), PTR(wl), lw, B, C, H, W, ls, k,
-                           PTR(gx), PTR(gwg), PTR(gwl), nthreads, stream)
-              : backward_f(PTR(g), PTR(x), PTR(local), PTR(wg), PTR(wl), (float)lw, B, C, H, W,
-                           ls, k, PTR(gx), PTR(gwg), PTR(gwl), nthreads, stream);
+    if (nhwc)
+        err = dbl ? backward_nhwc_d(PTR(g), PTR(x), PTR(local), PTR(wg), PTR(wl), lw, B, C, H, W,
+                                    ls, k, PTR(gx), PTR(gwg), PTR(gwl), nthreads, stream)
+                  : backward_nhwc_f(PTR(g), PTR(x), PTR(local), PTR(wg), PTR(wl), (float)lw, B, C,
+                                    H, W, ls, k, PTR(gx), PTR(gwg), PTR(gwl), nthreads, stream);
+    else
+        err = dbl ? backward_d(PTR(g), PTR(x), PTR(local), PTR(wg), PTR(wl), lw, B, C, H, W, ls,
+                               k, PTR(gx), PTR(gwg), PTR(gwl), nthreads, stream)
+                  : backward_f(PTR(g), PTR(x), PTR(local), PTR(wg), PTR(wl), (float)lw, B, C, H, W,
+                               ls, k, PTR(gx), PTR(gwg), PTR(gwl), nthreads, stream);
     Py_END_ALLOW_THREADS
     return done(err);
 }
@@ -257,12 +271,12 @@ static PyObject *py_openmp(PyObject *self, PyObject *noargs)
 
 static PyMethodDef methods[] = {
     {"forward", py_forward, METH_VARARGS,
-     "forward(dbl, x, out, local, wg, wl, B, C, H, W, ls, k, lw, nthreads, stream=False): "
-     "out = MLCA(x) (B, C, H, W), local = pool(x) (B, C, ls, ls); stream: write out with "
-     "non-temporal stores"},
+     "forward(dbl, x, out, local, wg, wl, B, C, H, W, ls, k, lw, nthreads, stream=False, "
+     "nhwc=False): out = MLCA(x) (B, C, H, W), local = pool(x) (B, C, ls, ls); stream: write out "
+     "with non-temporal stores; nhwc: x and out are channels_last"},
     {"backward", py_backward, METH_VARARGS,
      "backward(dbl, g, x, local, wg, wl, lw, B, C, H, W, ls, k, gx, gwg, gwl, nthreads, "
-     "stream=False): gx = dL/dx (gx = 0: not computed), gwg, gwl = dL/dw (k,)"},
+     "stream=False, nhwc=False): gx = dL/dx (gx = 0: not computed), gwg, gwl = dL/dw (k,)"},
     {"openmp", py_openmp, METH_NOARGS, "True when built with OpenMP"},
     {NULL, NULL, 0, NULL},
 };

@@ -621,3 +621,272 @@ static int FN(backward)(const T *g, const T *x, const T *local, const T *wg, con
     axis_free(&aw);
     return err;
 }
+
+/* ---- channels_last (NHWC): x, g, out, gx are (B, H, W, C). The bin-major gate sequence
+ * (bin*C + c) is NHWC's own order, so pooling accumulates one C-vector per bin and scaling
+ * multiplies each pixel's C-vector by its window's gate vector; tasks are (batch, bin row) for
+ * the pooling passes and (batch, image row) for the scaling passes. ---- */
+
+/* acc (ls, C) = the sums over the pooling window of bin row i of batch b: each pixel's C-vector
+ * is added to every bin whose window holds it. adjoint 0: of x (pooling, P before the division
+ * by the window area); adjoint 1: of g * x, each pixel weighted 1 / (|I(h)| |J(w)|) (U^T). */
+static void FN(nhwc_bin_row)(const T *restrict x, const T *restrict g, int64_t b, int64_t i,
+                             int64_t H, int64_t W, int64_t C, const struct axis *ah,
+                             const struct axis *aw, int adjoint, T *restrict acc)
+{
+    const int64_t ls = aw->ls;
+    for (int64_t q = 0; q < ls * C; ++q)
+        acc[q] = 0;
+    for (int64_t h = ah->pool_start[i]; h < ah->pool_end[i]; ++h) {
+        const T fh = adjoint ? (T)ah->unpool_inv[h] : (T)1;
+        const T *restrict xr = x + (b * H + h) * W * C;
+        const T *restrict gr = adjoint ? g + (b * H + h) * W * C : NULL;
+        for (int64_t w = 0; w < W; ++w) {
+            const int64_t js = aw->unpool_start[w], je = aw->unpool_end[w];
+            const T *restrict v = xr + w * C;
+            for (int64_t j = js; j < je; ++j) {
+                T *restrict a = acc + j * C;
+                if (adjoint) {
+                    const T f = fh * (T)aw->unpool_inv[w];
+                    const T *restrict gv = gr + w * C;
+                    for (int64_t c = 0; c < C; ++c)
+                        a[c] += gv[c] * v[c] * f;
+                } else {
+                    for (int64_t c = 0; c < C; ++c)
+                        a[c] += v[c];
+                }
+            }
+        }
+    }
+}
+
+/* The window average (adjoint 0: U) or sum (adjoint 1: P^T, whose table is pre-scaled) of the
+ * rows [r0, r1) of a table t with rows ``stride`` apart, C values each: the row itself when the
+ * window has one row, else written to tmp. */
+static const T *FN(nhwc_window)(const T *t, int64_t stride, int64_t r0, int64_t r1, int64_t C,
+                                int adjoint, T *restrict tmp)
+{
+    if (r1 - r0 == 1)
+        return t + r0 * stride;
+    for (int64_t c = 0; c < C; ++c)
+        tmp[c] = 0;
+    for (int64_t r = r0; r < r1; ++r) {
+        const T *restrict v = t + r * stride;
+        for (int64_t c = 0; c < C; ++c)
+            tmp[c] += v[c];
+    }
+    if (!adjoint) {
+        const T inv = (T)1 / (T)(r1 - r0);
+        for (int64_t c = 0; c < C; ++c)
+            tmp[c] *= inv;
+    }
+    return tmp;
+}
+
+/* One image row h of batch b: out = x * U(mix) (pt NULL), or out = x * U(mix) + P^T (pt: the
+ * pre-scaled P^T table; x is then g); mix, pt: this batch's (ls*ls, C) tables.
+ * buf: 2 ls C + 4 C scratch. */
+static void FN(nhwc_scale_row)(const T *restrict x, T *restrict out, const T *mix, const T *pt,
+                               int64_t b, int64_t h, int64_t H, int64_t W, int64_t C,
+                               const struct axis *ah, const struct axis *aw, T *buf, int stream)
+{
+    const int64_t ls = aw->ls;
+    T *rm = buf, *rp = buf + ls * C, *ta = rp + ls * C, *tp = ta + C, *ua = tp + C, *up = ua + C;
+    const int64_t is = ah->unpool_start[h], ie = ah->unpool_end[h];
+    /* the row's (ls, C) tables: averaged over the H window (U), summed over it (P^T) */
+    const T *rowm = mix + is * ls * C, *rowp = pt != NULL ? pt + is * ls * C : NULL;
+    if (ie - is > 1) {
+        for (int64_t j = 0; j < ls; ++j) {
+            const T *m = FN(nhwc_window)(mix + j * C, ls * C, is, ie, C, 0, ta);
+            for (int64_t c = 0; c < C; ++c)
+                rm[j * C + c] = m[c];
+            if (pt != NULL) {
+                const T *q = FN(nhwc_window)(pt + j * C, ls * C, is, ie, C, 1, tp);
+                for (int64_t c = 0; c < C; ++c)
+                    rp[j * C + c] = q[c];
+            }
+        }
+        rowm = rm;
+        rowp = pt != NULL ? rp : NULL;
+    }
+    const T *restrict xr = x + (b * H + h) * W * C;
+    T *restrict orow = out + (b * H + h) * W * C;
+    for (int64_t w = 0; w < W; ++w) {
+        const int64_t js = aw->unpool_start[w], je = aw->unpool_end[w];
+        const T *a = FN(nhwc_window)(rowm, C, js, je, C, 0, ua);
+        if (rowp == NULL) {
+            FN(mul_row)(orow + w * C, xr + w * C, a, C, stream);
+        } else {
+            const T *q = FN(nhwc_window)(rowp, C, js, je, C, 1, up);
+            FN(fma_row)(orow + w * C, xr + w * C, a, q, C, stream);
+        }
+    }
+}
+
+/* mixb (B, bins, C) from the gates pre (B, C + bins*C) and, when glocal is given, ptb
+ * (B, bins, C) = glocal / (pooling window area): the per-batch tables of nhwc_scale_row.
+ * A worksharing loop over the planes. */
+static void FN(nhwc_tables)(const T *pre, const T *glocal, T *mixb, T *ptb, int64_t B, int64_t C,
+                            int64_t ls, T lw, const struct axis *ah, const struct axis *aw)
+{
+    const int64_t bins = ls * ls, L = bins * C, row = C + L;
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < B * C; ++p) {
+        const int64_t b = p / C, c = p % C;
+        const T *sb = pre + b * row;
+        const T gpart = sb[c] * ((T)1 - lw);
+        for (int64_t q = 0; q < bins; ++q) {
+            mixb[b * L + q * C + c] = gpart + sb[C + q * C + c] * lw;
+            if (glocal != NULL)
+                ptb[b * L + q * C + c] = glocal[p * bins + q] * (T)ah->pool_inv[q / ls] *
+                                         (T)aw->pool_inv[q % ls];
+        }
+    }
+}
+
+/* Scratch per thread of the NHWC passes. */
+static size_t FN(nhwc_scratch)(int64_t ls, int64_t C)
+{
+    return sizeof(T) * (size_t)(2 * ls * C + 4 * C);
+}
+
+/* Forward for channels_last x, out (B, H, W, C); local (B, C, ls, ls) as in forward(). */
+static int FN(forward_nhwc)(const T *x, T *out, T *local, const T *wg, const T *wl, int64_t B,
+                            int64_t C, int64_t H, int64_t W, int64_t ls, int64_t k, T lw,
+                            int nthreads, int stream)
+{
+    const int64_t P = B * C, bins = ls * ls, L = bins * C, row = C + L;
+    struct axis ah = {0}, aw = {0};
+    int err = axis_init(&ah, H, ls) || axis_init(&aw, W, ls);
+    T *blk = err ? NULL : (T *)malloc(sizeof(T) * (size_t)(P + 2 * B * L + B * row));
+    err = err || blk == NULL;
+    stream = FN(stream_rows)(out, C, stream);
+    if (!err) {
+        T *gvec = blk, *seq = gvec + P, *mixb = seq + B * L, *pre = mixb + B * L;
+#pragma omp parallel num_threads(use_threads(P * H * W, nthreads))
+        {
+            T *buf = (T *)malloc(FN(nhwc_scratch)(ls, C));
+            if (buf == NULL) {
+#pragma omp atomic write
+                err = 1;
+            }
+#pragma omp for schedule(static, 1)
+            for (int64_t task = 0; task < B * ls; ++task) {
+                const int64_t b = task / ls, i = task % ls;
+                if (buf == NULL)
+                    continue;
+                FN(nhwc_bin_row)(x, NULL, b, i, H, W, C, &ah, &aw, 0, buf);
+                for (int64_t j = 0; j < ls; ++j) {
+                    const T inv = (T)ah.pool_inv[i] * (T)aw.pool_inv[j];
+                    const T *a = buf + j * C;
+                    T *sq = seq + b * L + (i * ls + j) * C;
+                    for (int64_t c = 0; c < C; ++c) {
+                        sq[c] = a[c] * inv;
+                        local[(b * C + c) * bins + i * ls + j] = a[c] * inv;
+                    }
+                }
+            }
+#pragma omp for schedule(static)
+            for (int64_t p = 0; p < P; ++p)
+                gvec[p] = FN(sum_lanes)(local + p * bins, bins) / (T)bins;
+            FN(gate_convs)(gvec, seq, pre, wg, wl, 0, B, C, L, k, 1);
+            FN(nhwc_tables)(pre, NULL, mixb, NULL, B, C, ls, lw, &ah, &aw);
+#pragma omp for schedule(static)
+            for (int64_t task = 0; task < B * H; ++task)
+                if (buf != NULL)
+                    FN(nhwc_scale_row)(x, out, mixb + (task / H) * L, NULL, task / H, task % H, H,
+                                       W, C, &ah, &aw, buf, stream);
+            free(buf);
+#ifdef HAVE_STREAM
+            if (stream)
+                _mm_sfence();
+#endif
+        }
+    }
+    free(blk);
+    axis_free(&ah);
+    axis_free(&aw);
+    return err;
+}
+
+/* Backward for channels_last g, x, gx (B, H, W, C); the rest as backward(). */
+static int FN(backward_nhwc)(const T *g, const T *x, const T *local, const T *wg, const T *wl,
+                             T lw, int64_t B, int64_t C, int64_t H, int64_t W, int64_t ls,
+                             int64_t k, T *gx, T *gwg, T *gwl, int nthreads, int stream)
+{
+    const int64_t P = B * C, bins = ls * ls, L = bins * C, row = C + L;
+    struct axis ah = {0}, aw = {0};
+    int err = axis_init(&ah, H, ls) || axis_init(&aw, W, ls);
+    /* gvec, gyg (P); seq, gyl, mixb, ptb (B*L); pre, gpre (B*row); gmix, glocal (P*bins); 2k */
+    const int64_t total = 2 * P + 4 * B * L + 2 * B * row + 2 * P * bins + 2 * k;
+    T *blk = err ? NULL : (T *)malloc(sizeof(T) * (size_t)total);
+    double *pw = (double *)calloc((size_t)(2 * B * k), sizeof(double));
+    err = err || blk == NULL || pw == NULL;
+    stream = gx != NULL && FN(stream_rows)(gx, C, stream);
+    if (!err) {
+        T *gvec = blk, *gyg = gvec + P, *seq = gyg + P, *gyl = seq + B * L, *mixb = gyl + B * L;
+        T *ptb = mixb + B * L, *gpre = ptb + B * L, *pre = gpre + B * row, *gmix = pre + B * row;
+        T *glocal = gmix + P * bins, *wgf = glocal + P * bins, *wlf = wgf + k;
+        for (int64_t t = 0; t < k; ++t) {
+            wgf[t] = wg[k - 1 - t];
+            wlf[t] = wl[k - 1 - t];
+        }
+#pragma omp parallel num_threads(use_threads(P * H * W, nthreads))
+        {
+            T *buf = (T *)malloc(FN(nhwc_scratch)(ls, C));
+            if (buf == NULL) {
+#pragma omp atomic write
+                err = 1;
+            }
+            /* gmix = U^T(g * x), written in the planes' (P, bins) layout */
+#pragma omp for schedule(static, 1)
+            for (int64_t task = 0; task < B * ls; ++task) {
+                const int64_t b = task / ls, i = task % ls;
+                if (buf == NULL)
+                    continue;
+                FN(nhwc_bin_row)(x, g, b, i, H, W, C, &ah, &aw, 1, buf);
+                for (int64_t j = 0; j < ls; ++j)
+                    for (int64_t c = 0; c < C; ++c)
+                        gmix[(b * C + c) * bins + i * ls + j] = buf[j * C + c];
+            }
+            int64_t p0, p1;
+            split_range(P, &p0, &p1);
+            FN(gather_small)(local, gvec, seq, p0, p1, C, bins);
+#pragma omp barrier
+            FN(gate_chain_backward)(gvec, seq, pre, gmix, gyl, gyg, gpre, glocal, pw, wg, wl,
+                                    wgf, wlf, lw, 0, B, p0, p1, B, C, ls, k);
+#pragma omp barrier
+            if (gx != NULL) {
+                FN(nhwc_tables)(pre, glocal, mixb, ptb, B, C, ls, lw, &ah, &aw);
+#pragma omp for schedule(static)
+                for (int64_t task = 0; task < B * H; ++task)
+                    if (buf != NULL)
+                        FN(nhwc_scale_row)(g, gx, mixb + (task / H) * L, ptb + (task / H) * L,
+                                           task / H, task % H, H, W, C, &ah, &aw, buf, stream);
+            }
+            free(buf);
+#ifdef HAVE_STREAM
+            if (stream)
+                _mm_sfence();
+#endif
+        }
+        for (int64_t t = 0; t < k; ++t) {
+            double sl = 0, sg = 0;
+            for (int64_t b = 0; b < B; ++b) {
+                sl += pw[b * k + t];
+                sg += pw[B * k + b * k + t];
+            }
+            gwl[t] = (T)sl;
+            gwg[t] = (T)sg;
+        }
+    }
+    free(blk);
+    free(pw);
+    axis_free(&ah);
+    axis_free(&aw);
+    return err;
+}
+
+#undef FN
+#undef CAT
+#undef CAT_

@@ -2,7 +2,8 @@
 
 The extension is built by ``pip install`` where a C compiler is present (``setup.py``); without
 it everything runs on the PyTorch kernels of ``_mlca_function.py``. It covers contiguous
-(NCHW) float32/float64 CPU tensors -- every size, local_size and channel count -- and computes
+NCHW and channels_last float32/float64 CPU tensors -- every size, local_size and channel count
+(channels_last through NHWC variants of the kernels, output in the input's layout) -- and computes
 the same function as the PyTorch path (same adaptive-pooling bins, sums over bin members only,
 so NaN/Inf stay where adaptive pooling puts them).
 
@@ -69,9 +70,15 @@ def native_unsupported(x: Tensor, eager: bool = True) -> Optional[str]:
             return f"the C kernels take plain tensors, got a {type(x).__name__}"
         if _is_functorch_wrapped(x):
             return "the input is wrapped by a torch.func transform (vmap, grad, ...)"
-    if not x.is_contiguous():
-        return "the C kernels take contiguous (NCHW) tensors, got a non-contiguous or channels_last one"
+    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        return ("the C kernels take contiguous NCHW or channels_last tensors, got strides "
+                f"{tuple(x.stride())} for shape {tuple(x.shape)}")
     return None
+
+
+def _nhwc(x: Tensor) -> bool:
+    """x is channels_last and not also NCHW-contiguous (C == 1 or H*W == 1 are both)."""
+    return not x.is_contiguous()
 
 
 def dispatch_mode_active() -> bool:
@@ -92,16 +99,17 @@ def _flat(w: Tensor, dtype: torch.dtype) -> Tensor:
 def native_forward(
     x: Tensor, w_global: Tensor, w_local: Tensor, ls: int, lw: float
 ) -> Tuple[Tensor, Tensor]:
-    """x (B, C, H, W) contiguous float32/64 on the CPU -> (out (B, C, H, W), local (B, C, ls, ls))."""
+    """x (B, C, H, W) float32/64 on the CPU, NCHW or channels_last -> (out (B, C, H, W) in x's
+    layout, local (B, C, ls, ls))."""
     b, c, h, w = x.shape
     if x.numel() == 0:
         return torch.empty_like(x), torch.zeros(b, c, ls, ls, dtype=x.dtype)
     wg, wl = _flat(w_global, x.dtype), _flat(w_local, x.dtype)
-    out = torch.empty_like(x)
+    out = torch.empty_like(x)  # keeps x's memory format
     local = torch.empty(b, c, ls, ls, dtype=x.dtype)
     _mlca_c.forward(x.dtype == torch.float64, x.data_ptr(), out.data_ptr(), local.data_ptr(),
                     wg.data_ptr(), wl.data_ptr(), b, c, h, w, ls, wg.numel(), lw,
-                    torch.get_num_threads(), out.nbytes >= STREAM_MIN_BYTES)
+                    torch.get_num_threads(), out.nbytes >= STREAM_MIN_BYTES, _nhwc(x))
     return out, local
 
 
@@ -115,7 +123,9 @@ def native_backward(
         return (torch.zeros_like(x) if needs[0] else None,
                 torch.zeros_like(w_global) if needs[1] else None,
                 torch.zeros_like(w_local) if needs[2] else None)
-    g = g.to(x.dtype).contiguous()
+    nhwc = _nhwc(x)
+    g = g.to(x.dtype).contiguous(memory_format=torch.channels_last if nhwc else
+                                 torch.contiguous_format)  # the kernels read g in x's layout
     wg, wl = _flat(w_global, x.dtype), _flat(w_local, x.dtype)
     k = wg.numel()
     gx = torch.empty_like(x) if needs[0] else None
@@ -124,7 +134,7 @@ def native_backward(
     _mlca_c.backward(x.dtype == torch.float64, g.data_ptr(), x.data_ptr(), local.data_ptr(),
                      wg.data_ptr(), wl.data_ptr(), lw, b, c, h, w, ls, k,
                      0 if gx is None else gx.data_ptr(), gwg.data_ptr(), gwl.data_ptr(),
-                     torch.get_num_threads(), x.nbytes >= STREAM_MIN_BYTES)
+                     torch.get_num_threads(), x.nbytes >= STREAM_MIN_BYTES, nhwc)
     g_wg = gwg.view(w_global.shape).to(w_global.dtype) if needs[1] else None
     g_wl = gwl.view(w_local.shape).to(w_local.dtype) if needs[2] else None
     return gx, g_wg, g_wl
