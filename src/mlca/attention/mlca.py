@@ -25,8 +25,8 @@ branches on sizes.
 
 Backends: ``backend="auto" | "torch" | "c" | "triton"`` per module, or globally with
 ``set_default_backend(...)`` / the ``MLCA_BACKEND`` environment variable. "c" is the fused CPU
-kernels of the C extension built at install time (``_native.py``; contiguous float32/float64
-CPU tensors), "triton" the GPU kernels of issue 7, "torch" the PyTorch kernels; "auto" takes
+kernels of the C extension built at install time (``_native.py``; float32/float64 CPU tensors,
+NCHW or channels_last), "triton" the GPU kernels of issue 7, "torch" the PyTorch kernels; "auto" takes
 Triton for CUDA float tensors, C for the CPU tensors it covers, PyTorch for everything else.
 """
 
@@ -304,7 +304,7 @@ class MLCA(nn.Module):
         gamma, b: ECA kernel-size rule, ``k = odd(int(|log2(in_size) + b| / gamma))``.
         local_weight: weight of the local attention against the global one, in [0, 1].
         backend: ``"auto"`` (Triton for CUDA float tensors when available, the C kernels for
-            contiguous float32/float64 CPU tensors when built, else PyTorch), ``"torch"``,
+            float32/float64 CPU tensors, NCHW or channels_last, when built, else PyTorch), ``"torch"``,
             ``"c"`` or ``"triton"``; ``"auto"`` defers to ``set_default_backend`` /
             ``$MLCA_BACKEND``. A forced backend that cannot take the input raises.
 
