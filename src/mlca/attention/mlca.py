@@ -26,8 +26,9 @@ branches on sizes.
 Backends: ``backend="auto" | "torch" | "c" | "triton"`` per module, or globally with
 ``set_default_backend(...)`` / the ``MLCA_BACKEND`` environment variable. "c" is the fused CPU
 kernels of the C extension built at install time (``_native.py``; float32/float64 CPU tensors,
-NCHW or channels_last), "triton" the GPU kernels of issue 7, "torch" the PyTorch kernels; "auto" takes
-Triton for CUDA float tensors, C for the CPU tensors it covers, PyTorch for everything else.
+NCHW or channels_last), "triton" the GPU kernels of issue 7, "torch" the PyTorch kernels;
+"auto" takes Triton for CUDA float tensors, C for the CPU tensors it covers, PyTorch for
+everything else.
 """
 
 from __future__ import annotations
