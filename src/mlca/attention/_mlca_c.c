@@ -166,6 +166,29 @@ static inline double sigmoid_d(double x)
 #define HAVE_STREAM 1
 #endif
 
+/* A thread's scratch inside a parallel region: on failure it flags err, and the call reports a
+ * MemoryError after the region (every thread still runs every barrier). */
+static void *thread_alloc(size_t n, int *err)
+{
+    void *p = malloc(n);
+    if (p == NULL) {
+#pragma omp atomic write
+        *err = 1;
+    }
+    return p;
+}
+
+/* Orders this thread's non-temporal stores before the parallel region ends. */
+static inline void stream_fence(int stream)
+{
+#ifdef HAVE_STREAM
+    if (stream)
+        _mm_sfence();
+#else
+    (void)stream;
+#endif
+}
+
 #define T float
 #define SFX f
 #ifdef HAVE_STREAM

@@ -460,11 +460,7 @@ static int FN(forward)(const T *x, T *out, T *local, const T *wg, const T *wl, i
     if (!err) {
 #pragma omp parallel num_threads(use_threads(P * H * W, nthreads))
         {
-            T *buf = (T *)malloc(FN(scratch)(W, ls));
-            if (buf == NULL) {
-#pragma omp atomic write
-                err = 1;
-            }
+            T *buf = (T *)thread_alloc(FN(scratch)(W, ls), &err);
             for (int64_t b0 = 0; b0 < B; b0 += gb) {
                 const int64_t b1 = b0 + gb < B ? b0 + gb : B;
                 int64_t p0, p1;
@@ -482,10 +478,7 @@ static int FN(forward)(const T *x, T *out, T *local, const T *wg, const T *wl, i
                                      stream, ahead, P);
             }
             free(buf);
-#ifdef HAVE_STREAM
-            if (stream)
-                _mm_sfence(); /* order this thread's streamed stores before the region ends */
-#endif
+            stream_fence(stream);
         }
     }
     free(gvec);
@@ -494,6 +487,30 @@ static int FN(forward)(const T *x, T *out, T *local, const T *wg, const T *wl, i
     axis_free(&ah);
     axis_free(&aw);
     return err;
+}
+
+/* gwl, gwg (k) = the weight-gradient terms pw[which][b][t] summed over batches in order (the
+ * same bits for any thread count); which 0: the local conv, 1: the global one. */
+static void FN(weight_grads)(const double *pw, int64_t B, int64_t k, T *gwg, T *gwl)
+{
+    for (int64_t t = 0; t < k; ++t) {
+        double sl = 0, sg = 0;
+        for (int64_t b = 0; b < B; ++b) {
+            sl += pw[b * k + t];
+            sg += pw[B * k + b * k + t];
+        }
+        gwl[t] = (T)sl;
+        gwg[t] = (T)sg;
+    }
+}
+
+/* The adjoint of a correlation is the correlation with the taps reversed. */
+static void FN(flip_taps)(const T *wg, const T *wl, int64_t k, T *wgf, T *wlf)
+{
+    for (int64_t t = 0; t < k; ++t) {
+        wgf[t] = wg[k - 1 - t];
+        wlf[t] = wl[k - 1 - t];
+    }
 }
 
 /* The backward of the gates (steps 2-4) for batches [b0, b1), called by every thread of a region
@@ -571,17 +588,10 @@ static int FN(backward)(const T *g, const T *x, const T *local, const T *wg, con
         T *gvec = blk, *gyg = gvec + P, *seq = gyg + P, *gyl = seq + B * L;
         T *gpre = gyl + B * L, *pre = gpre + B * row, *gmix = pre + B * row;
         T *glocal = gmix + P * bins, *wgf = glocal + P * bins, *wlf = wgf + k;
-        for (int64_t t = 0; t < k; ++t) { /* the adjoint of a correlation: flipped taps */
-            wgf[t] = wg[k - 1 - t];
-            wlf[t] = wl[k - 1 - t];
-        }
+        FN(flip_taps)(wg, wl, k, wgf, wlf);
 #pragma omp parallel num_threads(use_threads(P * H * W, nthreads))
         {
-            T *buf = (T *)malloc(FN(scratch)(W, ls));
-            if (buf == NULL) {
-#pragma omp atomic write
-                err = 1;
-            }
+            T *buf = (T *)thread_alloc(FN(scratch)(W, ls), &err);
             for (int64_t b0 = 0; b0 < B; b0 += gb) {
                 const int64_t b1 = b0 + gb < B ? b0 + gb : B, nb = b1 - b0;
                 int64_t p0, p1;
@@ -600,20 +610,9 @@ static int FN(backward)(const T *g, const T *x, const T *local, const T *wg, con
                                   stream);
             }
             free(buf);
-#ifdef HAVE_STREAM
-            if (stream)
-                _mm_sfence();
-#endif
+            stream_fence(stream);
         }
-        for (int64_t t = 0; t < k; ++t) {
-            double sl = 0, sg = 0;
-            for (int64_t b = 0; b < B; ++b) {
-                sl += pw[b * k + t];
-                sg += pw[B * k + b * k + t];
-            }
-            gwl[t] = (T)sl;
-            gwg[t] = (T)sg;
-        }
+        FN(weight_grads)(pw, B, k, gwg, gwl);
     }
     free(blk);
     free(pw);
@@ -765,11 +764,7 @@ static int FN(forward_nhwc)(const T *x, T *out, T *local, const T *wg, const T *
         T *gvec = blk, *seq = gvec + P, *mixb = seq + B * L, *pre = mixb + B * L;
 #pragma omp parallel num_threads(use_threads(P * H * W, nthreads))
         {
-            T *buf = (T *)malloc(FN(nhwc_scratch)(ls, C));
-            if (buf == NULL) {
-#pragma omp atomic write
-                err = 1;
-            }
+            T *buf = (T *)thread_alloc(FN(nhwc_scratch)(ls, C), &err);
 #pragma omp for schedule(static, 1)
             for (int64_t task = 0; task < B * ls; ++task) {
                 const int64_t b = task / ls, i = task % ls;
@@ -797,10 +792,7 @@ static int FN(forward_nhwc)(const T *x, T *out, T *local, const T *wg, const T *
                     FN(nhwc_scale_row)(x, out, mixb + (task / H) * L, NULL, task / H, task % H, H,
                                        W, C, &ah, &aw, buf, stream);
             free(buf);
-#ifdef HAVE_STREAM
-            if (stream)
-                _mm_sfence();
-#endif
+            stream_fence(stream);
         }
     }
     free(blk);
@@ -827,17 +819,10 @@ static int FN(backward_nhwc)(const T *g, const T *x, const T *local, const T *wg
         T *gvec = blk, *gyg = gvec + P, *seq = gyg + P, *gyl = seq + B * L, *mixb = gyl + B * L;
         T *ptb = mixb + B * L, *gpre = ptb + B * L, *pre = gpre + B * row, *gmix = pre + B * row;
         T *glocal = gmix + P * bins, *wgf = glocal + P * bins, *wlf = wgf + k;
-        for (int64_t t = 0; t < k; ++t) {
-            wgf[t] = wg[k - 1 - t];
-            wlf[t] = wl[k - 1 - t];
-        }
+        FN(flip_taps)(wg, wl, k, wgf, wlf);
 #pragma omp parallel num_threads(use_threads(P * H * W, nthreads))
         {
-            T *buf = (T *)malloc(FN(nhwc_scratch)(ls, C));
-            if (buf == NULL) {
-#pragma omp atomic write
-                err = 1;
-            }
+            T *buf = (T *)thread_alloc(FN(nhwc_scratch)(ls, C), &err);
             /* gmix = U^T(g * x), written in the planes' (P, bins) layout */
 #pragma omp for schedule(static, 1)
             for (int64_t task = 0; task < B * ls; ++task) {
@@ -865,20 +850,9 @@ static int FN(backward_nhwc)(const T *g, const T *x, const T *local, const T *wg
                                            task / H, task % H, H, W, C, &ah, &aw, buf, stream);
             }
             free(buf);
-#ifdef HAVE_STREAM
-            if (stream)
-                _mm_sfence();
-#endif
+            stream_fence(stream);
         }
-        for (int64_t t = 0; t < k; ++t) {
-            double sl = 0, sg = 0;
-            for (int64_t b = 0; b < B; ++b) {
-                sl += pw[b * k + t];
-                sg += pw[B * k + b * k + t];
-            }
-            gwl[t] = (T)sl;
-            gwg[t] = (T)sg;
-        }
+        FN(weight_grads)(pw, B, k, gwg, gwl);
     }
     free(blk);
     free(pw);
