@@ -489,27 +489,65 @@ static int FN(forward)(const T *x, T *out, T *local, const T *wg, const T *wl, i
     return err;
 }
 
-/* gwl, gwg (k) = the weight-gradient terms pw[which][b][t] summed over batches in order (the
- * same bits for any thread count); which 0: the local conv, 1: the global one. */
-static void FN(weight_grads)(const double *pw, int64_t B, int64_t k, T *gwg, T *gwl)
+/* The backward's small temporaries, for both memory layouts: gvec, gyg (P); seq, gyl (B*L);
+ * pre, gpre (B*(C+L)); gmix, glocal (P*bins); the taps reversed (the adjoint of a correlation is
+ * the correlation with reversed taps); pw, the weight-gradient terms pw[which][b][t] in double;
+ * and, for NHWC, the per-batch tables mixb, ptb (B*L). */
+struct FN(bwd_ws) {
+    T *gvec, *gyg, *seq, *gyl, *pre, *gpre, *gmix, *glocal, *wgf, *wlf, *mixb, *ptb;
+    double *pw;
+};
+
+static void FN(bwd_free)(struct FN(bwd_ws) *s)
+{
+    free(s->gvec);
+    free(s->pw);
+}
+
+static int FN(bwd_init)(struct FN(bwd_ws) *s, const T *wg, const T *wl, int64_t B, int64_t C,
+                        int64_t ls, int64_t k, int tables)
+{
+    const int64_t P = B * C, bins = ls * ls, L = bins * C, row = C + L;
+    const int64_t total = 2 * P + (tables ? 4 : 2) * B * L + 2 * B * row + 2 * P * bins + 2 * k;
+    memset(s, 0, sizeof(*s));
+    s->gvec = (T *)malloc(sizeof(T) * (size_t)total);
+    s->pw = (double *)calloc((size_t)(2 * B * k), sizeof(double));
+    if (s->gvec == NULL || s->pw == NULL) {
+        FN(bwd_free)(s);
+        return 1;
+    }
+    s->gyg = s->gvec + P;
+    s->seq = s->gyg + P;
+    s->gyl = s->seq + B * L;
+    s->pre = s->gyl + B * L;
+    s->gpre = s->pre + B * row;
+    s->gmix = s->gpre + B * row;
+    s->glocal = s->gmix + P * bins;
+    s->wgf = s->glocal + P * bins;
+    s->wlf = s->wgf + k;
+    if (tables) {
+        s->mixb = s->wlf + k;
+        s->ptb = s->mixb + B * L;
+    }
+    for (int64_t t = 0; t < k; ++t) {
+        s->wgf[t] = wg[k - 1 - t];
+        s->wlf[t] = wl[k - 1 - t];
+    }
+    return 0;
+}
+
+/* gwl, gwg (k) = the weight-gradient terms summed over batches in order (the same bits for any
+ * thread count); which 0: the local conv, 1: the global one. */
+static void FN(weight_grads)(const struct FN(bwd_ws) *s, int64_t B, int64_t k, T *gwg, T *gwl)
 {
     for (int64_t t = 0; t < k; ++t) {
         double sl = 0, sg = 0;
         for (int64_t b = 0; b < B; ++b) {
-            sl += pw[b * k + t];
-            sg += pw[B * k + b * k + t];
+            sl += s->pw[b * k + t];
+            sg += s->pw[B * k + b * k + t];
         }
         gwl[t] = (T)sl;
         gwg[t] = (T)sg;
-    }
-}
-
-/* The adjoint of a correlation is the correlation with the taps reversed. */
-static void FN(flip_taps)(const T *wg, const T *wl, int64_t k, T *wgf, T *wlf)
-{
-    for (int64_t t = 0; t < k; ++t) {
-        wgf[t] = wg[k - 1 - t];
-        wlf[t] = wl[k - 1 - t];
     }
 }
 
@@ -518,13 +556,14 @@ static void FN(flip_taps)(const T *wg, const T *wl, int64_t k, T *wgf, T *wlf)
  * recomputes the gates into pre, then gyl/gyg (the gradients before the sigmoids), the transposed
  * convolutions into gpre, the weight-gradient terms pw[which][b][t] (double) and
  * glocal = dL/dlocal (P, bins). Contains barriers: every thread must call it. */
-static void FN(gate_chain_backward)(const T *gvec, const T *seq, T *pre, const T *gmix, T *gyl,
-                                    T *gyg, T *gpre, T *glocal, double *pw, const T *wg,
-                                    const T *wl, const T *wgf, const T *wlf, T lw, int64_t b0,
-                                    int64_t b1, int64_t p0, int64_t p1, int64_t B, int64_t C,
-                                    int64_t ls, int64_t k)
+static void FN(gate_chain_backward)(const struct FN(bwd_ws) *ws, const T *wg, const T *wl, T lw,
+                                    int64_t b0, int64_t b1, int64_t p0, int64_t p1, int64_t B,
+                                    int64_t C, int64_t ls, int64_t k)
 {
     const int64_t bins = ls * ls, L = bins * C, row = C + L, pad = (k - 1) / 2, nb = b1 - b0;
+    const T *gvec = ws->gvec, *seq = ws->seq, *gmix = ws->gmix;
+    T *pre = ws->pre, *gyl = ws->gyl, *gyg = ws->gyg, *gpre = ws->gpre, *glocal = ws->glocal;
+    double *pw = ws->pw;
     FN(gate_convs)(gvec, seq, pre, wg, wl, b0, b1, C, L, k, 1);
     /* gradients of the gates' pre-activations (mix = sg (1 - lw) + sl lw) */
     for (int64_t p = p0; p < p1; ++p) {
@@ -540,7 +579,7 @@ static void FN(gate_chain_backward)(const T *gvec, const T *seq, T *pre, const T
     }
 #pragma omp barrier
     /* the transposed convs: gpre = [conv^T(gyg, wg) | conv^T(gyl, wl)] per batch */
-    FN(gate_convs)(gyg, gyl, gpre, wgf, wlf, b0, b1, C, L, k, 0);
+    FN(gate_convs)(gyg, gyl, gpre, ws->wgf, ws->wlf, b0, b1, C, L, k, 0);
     /* weight-gradient terms, one (which, batch, tap) per task: sum_i gy[i] v[i + t - pad] */
 #pragma omp for schedule(static, 1)
     for (int64_t task = 0; task < 2 * nb * k; ++task) {
@@ -573,22 +612,14 @@ static int FN(backward)(const T *g, const T *x, const T *local, const T *wg, con
                         int64_t B, int64_t C, int64_t H, int64_t W, int64_t ls, int64_t k, T *gx,
                         T *gwg, T *gwl, int nthreads, int stream)
 {
-    const int64_t P = B * C, bins = ls * ls, L = bins * C, row = C + L;
+    const int64_t P = B * C, bins = ls * ls;
     const int64_t gb = FN(group_batches)(B, C, H, W);
     stream = gx != NULL && FN(stream_rows)(gx, W, stream);
     struct axis ah = {0}, aw = {0};
-    int err = axis_init(&ah, H, ls) || axis_init(&aw, W, ls);
-    /* one block for the small temporaries: gvec, gyg (P); seq, gyl (B*L); pre, gpre
-     * (B*(C+L)); gmix, glocal (P*bins); flipped weights (2k) */
-    const int64_t total = 2 * P + 2 * B * L + 2 * B * row + 2 * P * bins + 2 * k;
-    T *blk = err ? NULL : (T *)malloc(sizeof(T) * (size_t)total);
-    double *pw = (double *)calloc((size_t)(2 * B * k), sizeof(double));
-    err = err || blk == NULL || pw == NULL;
+    struct FN(bwd_ws) ws;
+    int err = axis_init(&ah, H, ls) || axis_init(&aw, W, ls) ||
+              FN(bwd_init)(&ws, wg, wl, B, C, ls, k, 0);
     if (!err) {
-        T *gvec = blk, *gyg = gvec + P, *seq = gyg + P, *gyl = seq + B * L;
-        T *gpre = gyl + B * L, *pre = gpre + B * row, *gmix = pre + B * row;
-        T *glocal = gmix + P * bins, *wgf = glocal + P * bins, *wlf = wgf + k;
-        FN(flip_taps)(wg, wl, k, wgf, wlf);
 #pragma omp parallel num_threads(use_threads(P * H * W, nthreads))
         {
             T *buf = (T *)thread_alloc(FN(scratch)(W, ls), &err);
@@ -599,23 +630,21 @@ static int FN(backward)(const T *g, const T *x, const T *local, const T *wg, con
                 p0 += b0 * C;
                 p1 += b0 * C;
                 if (buf != NULL)
-                    FN(gx_pool_planes)(g, x, gmix, p0, p1, H, W, ls, &ah, &aw, buf);
-                FN(gather_small)(local, gvec, seq, p0, p1, C, bins);
+                    FN(gx_pool_planes)(g, x, ws.gmix, p0, p1, H, W, ls, &ah, &aw, buf);
+                FN(gather_small)(local, ws.gvec, ws.seq, p0, p1, C, bins);
 #pragma omp barrier
-                FN(gate_chain_backward)(gvec, seq, pre, gmix, gyl, gyg, gpre, glocal, pw, wg, wl,
-                                        wgf, wlf, lw, b0, b1, p0, p1, B, C, ls, k);
+                FN(gate_chain_backward)(&ws, wg, wl, lw, b0, b1, p0, p1, B, C, ls, k);
 #pragma omp barrier
                 if (buf != NULL && gx != NULL)
-                    FN(dx_planes)(g, gx, pre, glocal, p0, p1, C, H, W, ls, lw, &ah, &aw, buf,
-                                  stream);
+                    FN(dx_planes)(g, gx, ws.pre, ws.glocal, p0, p1, C, H, W, ls, lw, &ah, &aw,
+                                  buf, stream);
             }
             free(buf);
             stream_fence(stream);
         }
-        FN(weight_grads)(pw, B, k, gwg, gwl);
+        FN(weight_grads)(&ws, B, k, gwg, gwl);
+        FN(bwd_free)(&ws);
     }
-    free(blk);
-    free(pw);
     axis_free(&ah);
     axis_free(&aw);
     return err;
@@ -816,20 +845,13 @@ static int FN(backward_nhwc)(const T *g, const T *x, const T *local, const T *wg
                              T lw, int64_t B, int64_t C, int64_t H, int64_t W, int64_t ls,
                              int64_t k, T *gx, T *gwg, T *gwl, int nthreads, int stream)
 {
-    const int64_t P = B * C, bins = ls * ls, L = bins * C, row = C + L;
+    const int64_t P = B * C, bins = ls * ls, L = bins * C;
     struct axis ah = {0}, aw = {0};
-    int err = axis_init(&ah, H, ls) || axis_init(&aw, W, ls);
-    /* gvec, gyg (P); seq, gyl, mixb, ptb (B*L); pre, gpre (B*row); gmix, glocal (P*bins); 2k */
-    const int64_t total = 2 * P + 4 * B * L + 2 * B * row + 2 * P * bins + 2 * k;
-    T *blk = err ? NULL : (T *)malloc(sizeof(T) * (size_t)total);
-    double *pw = (double *)calloc((size_t)(2 * B * k), sizeof(double));
-    err = err || blk == NULL || pw == NULL;
+    struct FN(bwd_ws) ws;
+    int err = axis_init(&ah, H, ls) || axis_init(&aw, W, ls) ||
+              FN(bwd_init)(&ws, wg, wl, B, C, ls, k, 1);
     stream = gx != NULL && FN(stream_rows)(gx, C, stream);
     if (!err) {
-        T *gvec = blk, *gyg = gvec + P, *seq = gyg + P, *gyl = seq + B * L, *mixb = gyl + B * L;
-        T *ptb = mixb + B * L, *gpre = ptb + B * L, *pre = gpre + B * row, *gmix = pre + B * row;
-        T *glocal = gmix + P * bins, *wgf = glocal + P * bins, *wlf = wgf + k;
-        FN(flip_taps)(wg, wl, k, wgf, wlf);
 #pragma omp parallel num_threads(use_threads(P * H * W, nthreads))
         {
             T *buf = (T *)thread_alloc(FN(nhwc_scratch)(ls, C), &err);
@@ -842,30 +864,29 @@ static int FN(backward_nhwc)(const T *g, const T *x, const T *local, const T *wg
                 FN(nhwc_bin_row)(x, g, b, i, H, W, C, &ah, &aw, 1, buf);
                 for (int64_t j = 0; j < ls; ++j)
                     for (int64_t c = 0; c < C; ++c)
-                        gmix[(b * C + c) * bins + i * ls + j] = buf[j * C + c];
+                        ws.gmix[(b * C + c) * bins + i * ls + j] = buf[j * C + c];
             }
             int64_t p0, p1;
             split_range(P, &p0, &p1);
-            FN(gather_small)(local, gvec, seq, p0, p1, C, bins);
+            FN(gather_small)(local, ws.gvec, ws.seq, p0, p1, C, bins);
 #pragma omp barrier
-            FN(gate_chain_backward)(gvec, seq, pre, gmix, gyl, gyg, gpre, glocal, pw, wg, wl,
-                                    wgf, wlf, lw, 0, B, p0, p1, B, C, ls, k);
+            FN(gate_chain_backward)(&ws, wg, wl, lw, 0, B, p0, p1, B, C, ls, k);
 #pragma omp barrier
             if (gx != NULL) {
-                FN(nhwc_tables)(pre, glocal, mixb, ptb, 0, B, C, ls, lw, &ah, &aw);
+                FN(nhwc_tables)(ws.pre, ws.glocal, ws.mixb, ws.ptb, 0, B, C, ls, lw, &ah, &aw);
 #pragma omp for schedule(static)
                 for (int64_t task = 0; task < B * H; ++task)
                     if (buf != NULL)
-                        FN(nhwc_scale_row)(g, gx, mixb + (task / H) * L, ptb + (task / H) * L,
-                                           task / H, task % H, H, W, C, &ah, &aw, buf, stream);
+                        FN(nhwc_scale_row)(g, gx, ws.mixb + (task / H) * L,
+                                           ws.ptb + (task / H) * L, task / H, task % H, H, W, C,
+                                           &ah, &aw, buf, stream);
             }
             free(buf);
             stream_fence(stream);
         }
-        FN(weight_grads)(pw, B, k, gwg, gwl);
+        FN(weight_grads)(&ws, B, k, gwg, gwl);
+        FN(bwd_free)(&ws);
     }
-    free(blk);
-    free(pw);
     axis_free(&ah);
     axis_free(&aw);
     return err;
