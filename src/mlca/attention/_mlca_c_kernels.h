@@ -251,8 +251,8 @@ static void FN(spread_w)(const T *s, int64_t ls, int64_t W, const struct axis *a
  * one-row window (for P^T only in the block case, where spread_w has divided by kh already).
  * ``last`` (2 entries, {-1, -1} at the start of a plane) remembers the window tmp holds: the
  * windows of consecutive rows repeat, and a repeated one is not rebuilt. */
-static const T *FN(row_h)(const T *m, int64_t W, int64_t h, const struct axis *ah, int adjoint,
-                         T *restrict tmp, int64_t *last)
+static inline const T *FN(row_h)(const T *m, int64_t W, int64_t h, const struct axis *ah,
+                                int adjoint, T *restrict tmp, int64_t *last)
 {
     const int64_t is = ah->unpool_start[h], ie = ah->unpool_end[h];
     if (ie - is == 1 && (!adjoint || ah->blocks))
@@ -339,9 +339,7 @@ static void FN(scale_planes)(const T *restrict x, T *restrict out, const T *sig,
         int64_t last[2] = {-1, -1};
         const T *next = ahead > 0 && p + ahead < P ? x + (p + ahead) * H * W : NULL;
         for (int64_t h = 0; h < H; ++h) {
-            /* block case: row h reads bin row h / kh of m directly */
-            const T *restrict a = ah->blocks ? m + (h / (H / ls)) * W
-                                             : FN(row_h)(m, W, h, ah, 0, tmp, last);
+            const T *restrict a = FN(row_h)(m, W, h, ah, 0, tmp, last);
             if (next != NULL)
                 for (int64_t w = 0; w < W; w += line)
                     PREFETCH(next + h * W + w);
