@@ -121,24 +121,28 @@ CONTENDERS: list[Contender] = [
 ]
 
 
+class _StreamedMLCA(MLCA):
+    """MLCA on the C kernels with ``_native.STREAM_MIN_BYTES`` set to ``min_bytes`` around each
+    call: 0 = always write outputs with non-temporal stores, huge = never (``--stream-ab``)."""
+
+    def __init__(self, channels: int, min_bytes: int) -> None:
+        super().__init__(channels, backend="c")
+        self.min_bytes = min_bytes
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, C, H, W) -> (B, C, H, W), as MLCA."""
+        import mlca.attention._native as native
+
+        before, native.STREAM_MIN_BYTES = native.STREAM_MIN_BYTES, self.min_bytes
+        try:
+            return super().forward(x)
+        finally:
+            native.STREAM_MIN_BYTES = before
+
+
 def _stream_variant(min_bytes: int):
-    """MLCA (C kernels) with ``_native.STREAM_MIN_BYTES`` set around each call: 0 = always
-    write outputs with non-temporal stores, huge = never (``--stream-ab``)."""
-    import mlca.attention._native as native
-
-    def build(c: int, dev: torch.device):
-        mod = MLCA(c, backend="c").to(dev)
-
-        def run(x: Tensor) -> Tensor:
-            before, native.STREAM_MIN_BYTES = native.STREAM_MIN_BYTES, min_bytes
-            try:
-                return mod(x)
-            finally:
-                native.STREAM_MIN_BYTES = before
-
-        run.conv, run.conv_local = mod.conv, mod.conv_local  # for _saved_bytes / state loading
-        run.state_dict, run.load_state_dict = mod.state_dict, mod.load_state_dict
-        return run
+    def build(c: int, dev: torch.device) -> nn.Module:
+        return _StreamedMLCA(c, min_bytes).to(dev)
 
     return build
 
