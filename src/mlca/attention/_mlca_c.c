@@ -1,4 +1,4 @@
-/* mlca.attention._mlca_c: MLCA's fused CPU kernels (float32 and float64, NCHW-contiguous).
+/* mlca.attention._mlca_c: MLCA's fused CPU kernels (float32 and float64; NCHW or channels_last).
  *
  * Why C: on the CPU the PyTorch formulation is a dozen small ops plus a broadcast multiply whose
  * inner loop is one image row; at YOLO's 20x20 and 40x40 maps their per-op and per-row costs

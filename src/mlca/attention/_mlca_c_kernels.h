@@ -2,7 +2,8 @@
  *   T    the element type (float or double),
  *   SFX  the suffix of the function names (f or d).
  *
- * Shapes (all C-contiguous): x, g, out (P = B*C planes, H, W); local, gmix, glocal (P, ls*ls)
+ * Shapes (all C-contiguous): x, g, out (P = B*C planes, H, W) -- (B, H, W, C) for the
+ * channels_last functions at the end; local, gmix, glocal (P, ls*ls)
  * bin-major inside a plane; sig (B, C + ls*ls*C): per batch the C global gates, then the local
  * gates in the seed's sequence order (bin-major: element bin*C + c).
  *
