@@ -1,9 +1,9 @@
-"""Build of the optional C extension ``mlca.attention._mlca_c`` (everything else is in pyproject.toml).
+"""Build of the optional C extension ``mlca.attention._mlca_c`` (the rest is in pyproject.toml).
 
 The extension is plain C against CPython's API (no PyTorch headers), so it builds in seconds with
 any C compiler and any installed torch. It is optional: where it cannot be built (no compiler),
-the install still succeeds and MLCA runs its PyTorch kernels (``mlca.attention._native.native_available()``
-says which).
+the install still succeeds and MLCA runs its PyTorch kernels
+(``mlca.attention._native.native_available()`` says which).
 """
 
 import sys

@@ -165,7 +165,8 @@ def test_dispatch_modes_see_the_pytorch_kernels():
 
 
 @needs_native
-@pytest.mark.parametrize("c, gamma", [(1, 2), (8, 2), (300, 2), (64, 1), (8, 0.5), (16, 0.5), (40, 0.5)])
+@pytest.mark.parametrize(
+    "c, gamma", [(1, 2), (8, 2), (300, 2), (64, 1), (8, 0.5), (16, 0.5), (40, 0.5)])
 def test_every_kernel_size_matches_the_pytorch_kernels(c, gamma):
     """The C convolutions unroll k = 3, 5, 7, 9 and loop otherwise (k = 1, 11, 13 here; the
     reference tests' channel counts reach k = 5 only): float64 outputs and all gradients agree

@@ -202,7 +202,7 @@ static void FN(gate_convs)(const T *gvec, const T *seq, T *pre, const T *wg, con
     }
 }
 
-/* mix of plane (b, c) from the gates: mix[bin] = sg * (1 - lw) + sl[bin] * lw (the seed's blend). */
+/* mix of plane (b, c) from the gates: mix[bin] = sg (1 - lw) + sl[bin] lw (the seed's blend). */
 static void FN(plane_mix)(const T *sig, int64_t b, int64_t c, int64_t C, int64_t bins, T lw,
                           T *mix)
 {

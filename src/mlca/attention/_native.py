@@ -58,7 +58,8 @@ def native_unsupported(x: Tensor, eager: bool = True) -> Optional[str]:
     (``dispatch_mode_active``).
     """
     if _mlca_c is None:
-        return "the C extension mlca.attention._mlca_c is not built (reinstall mlca with a C compiler)"
+        return ("the C extension mlca.attention._mlca_c is not built "
+                "(reinstall mlca with a C compiler)")
     if x.device.type != "cpu":
         return f"the C kernels run on the CPU, got a tensor on {x.device}"
     if x.dtype not in _DTYPES:

@@ -305,8 +305,8 @@ class MLCA(nn.Module):
         gamma, b: ECA kernel-size rule, ``k = odd(int(|log2(in_size) + b| / gamma))``.
         local_weight: weight of the local attention against the global one, in [0, 1].
         backend: ``"auto"`` (Triton for CUDA float tensors when available, the C kernels for
-            float32/float64 CPU tensors, NCHW or channels_last, when built, else PyTorch), ``"torch"``,
-            ``"c"`` or ``"triton"``; ``"auto"`` defers to ``set_default_backend`` /
+            float32/float64 CPU tensors, NCHW or channels_last, when built, else PyTorch),
+            ``"torch"``, ``"c"`` or ``"triton"``; ``"auto"`` defers to ``set_default_backend`` /
             ``$MLCA_BACKEND``. A forced backend that cannot take the input raises.
 
     Parameters are ``conv.weight`` and ``conv_local.weight`` (1, 1, k), as in the seed, so
