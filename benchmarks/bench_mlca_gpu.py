@@ -36,7 +36,7 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -89,6 +89,8 @@ class SeedMLCA(nn.Module):
 class Contender:
     name: str
     build: Callable[[int], nn.Module]  # channels -> module on the device (seed state loaded)
+    # mlca_triton module settings to hold while this contender runs (forward and backward)
+    triton_flags: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -100,6 +102,7 @@ class Row:
     fwd_gbs: float
     fwdbwd_gbs: float
     max_err: float
+    out: Tensor | None = None  # the forward output until compared, then dropped
 
 
 def minimal_bytes(shape: tuple[int, ...], dtype: torch.dtype) -> tuple[int, int]:
@@ -146,7 +149,7 @@ def copy_bandwidth_gbs(device: torch.device, timer: Timer, nbytes: int) -> float
 
 
 def make_contenders(device: torch.device, dtype: torch.dtype, compile_seed: bool,
-                    triton_ok: bool) -> list[Contender]:
+                    triton_ok: bool, compare_middle: bool = True) -> list[Contender]:
     """The seed runs wholly in x's dtype (its conv1d needs weights of the input's dtype, as in a
     model converted with ``.half()``); MLCA keeps float32 parameters and computes its attention
     in float32 whatever x's dtype."""
@@ -179,10 +182,15 @@ def make_contenders(device: torch.device, dtype: torch.dtype, compile_seed: bool
     out.append(Contender("mlca torch", mlca("torch")))
     if triton_ok:
         out.append(Contender("mlca triton", mlca("triton")))
+        if compare_middle:
+            # The middle as PyTorch ops (before it was fused): what the fusion buys, side by side.
+            out.append(Contender("triton torch-mid", mlca("triton"), {"FUSED_MIDDLE": False}))
     return out
 
 
 def bench_shape(shape, contenders, device, dtype, channels_last, timer, n_inputs=3) -> list[Row]:
+    from mlca.attention import mlca_triton as mt
+
     gen = torch.Generator().manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
 
@@ -192,34 +200,48 @@ def bench_shape(shape, contenders, device, dtype, channels_last, timer, n_inputs
     xs = [make() for _ in range(n_inputs)]
     xs_g = [x.clone().requires_grad_(True) for x in xs]
     gs = [make() for _ in range(n_inputs)]
-    fwd_bytes, fb_bytes = minimal_bytes(shape, dtype)
     ref = None
-    rows = []
+    rows: list[Row] = []
     for con in contenders:
-        mod = con.build(shape[1])
-        with torch.no_grad():
-            y = mod(xs[0]).float()
-        ref = y if ref is None else ref  # the first contender (seed eager) is the reference
-        err = (y - ref).abs().max().item()
-
-        def fwd(i: int) -> None:
-            with torch.no_grad():
-                mod(xs[i % n_inputs])
-
-        def fwdbwd(i: int) -> None:
-            x = xs_g[i % n_inputs]
-            x.grad = None
-            mod(x).backward(gs[i % n_inputs])
-
-        t_f = timer.median_ms(fwd)
-        t_fb = timer.median_ms(fwdbwd)
-        row = Row(shape, con.name, t_f, t_fb, fwd_bytes / (t_f * 1e-3) / 1e9,
-                  fb_bytes / (t_fb * 1e-3) / 1e9, err)
-        rows.append(row)
-        print(f"  {con.name:<14} fwd {t_f:8.3f} ms {row.fwd_gbs:8.4g} GB/s   fwd+bwd {t_fb:8.3f} ms "
-              f"{row.fwdbwd_gbs:8.4g} GB/s   max|err| vs seed {err:.2e}", flush=True)
-        del mod
+        saved = {name: getattr(mt, name) for name in con.triton_flags}
+        for name, value in con.triton_flags.items():
+            setattr(mt, name, value)
+        try:
+            rows.append(_bench_one(con, shape, xs, xs_g, gs, n_inputs, timer, dtype))
+        finally:
+            for name, value in saved.items():
+                setattr(mt, name, value)
+        ref = rows[0].out if ref is None else ref  # the first contender (seed eager): reference
+        rows[-1].max_err = (rows[-1].out - ref).abs().max().item()
+        rows[-1].out = None
+        r = rows[-1]
+        print(f"  {con.name:<16} fwd {r.fwd_ms:8.3f} ms {r.fwd_gbs:8.4g} GB/s   "
+              f"fwd+bwd {r.fwdbwd_ms:8.3f} ms {r.fwdbwd_gbs:8.4g} GB/s   "
+              f"max|err| vs seed {r.max_err:.2e}", flush=True)
     return rows
+
+
+def _bench_one(con: Contender, shape, xs, xs_g, gs, n_inputs: int, timer: Timer, dtype) -> Row:
+    """Forward and forward+backward medians of one contender; ``out`` is its forward output
+    (float32), for the agreement check against the first contender."""
+    mod = con.build(shape[1])
+    with torch.no_grad():
+        y = mod(xs[0]).float()
+
+    def fwd(i: int) -> None:
+        with torch.no_grad():
+            mod(xs[i % n_inputs])
+
+    def fwdbwd(i: int) -> None:
+        x = xs_g[i % n_inputs]
+        x.grad = None
+        mod(x).backward(gs[i % n_inputs])
+
+    t_f = timer.median_ms(fwd)
+    t_fb = timer.median_ms(fwdbwd)
+    fwd_bytes, fb_bytes = minimal_bytes(shape, dtype)
+    return Row(shape, con.name, t_f, t_fb, fwd_bytes / (t_f * 1e-3) / 1e9,
+               fb_bytes / (t_fb * 1e-3) / 1e9, float("nan"), y)
 
 
 def markdown_table(rows: list[Row], copy_gbs: float) -> str:
@@ -290,7 +312,8 @@ def tune(dtype: torch.dtype, copy_gbs: float) -> None:
     from mlca.attention import mlca_triton as mt
 
     saved_algo, saved_tuning, saved_cols, saved_fit = mt.ALGO, dict(mt.TUNING), mt.NCHW_COLS, mt.FIT_W
-    # The (B, C, L, L) middle: mlca_triton's against the same ops on cuDNN's default (TF32) path.
+    # The (B, C, L, L) middle: the fused Triton kernels (mlca_triton's default), the PyTorch ops
+    # it used before (FUSED_MIDDLE = False), and the same ops on cuDNN's default (TF32) path.
     local = torch.randn(32, 256, 5, 5, device="cuda", requires_grad=True)
     wg = torch.randn(1, 1, 5, device="cuda", requires_grad=True)
     wl = torch.randn(1, 1, 5, device="cuda", requires_grad=True)
@@ -302,11 +325,25 @@ def tune(dtype: torch.dtype, copy_gbs: float) -> None:
         yg = F.conv1d(local.mean(dim=(2, 3)).unsqueeze(1), wg, padding=2).reshape(B, C, 1, 1)
         return yg.sigmoid() * 0.5 + y.sigmoid() * 0.5
 
-    for label, fn in (("mlca_triton", lambda: mt._middle(local, wg, wl, 0.5)), ("default cudnn", middle_conv)):
-        g = torch.randn(32, 256, 5, 5, device="cuda")
-        f_ms = triton.testing.do_bench(lambda: fn().detach(), return_mode="median")
-        fb_ms = triton.testing.do_bench(lambda: torch.autograd.grad(fn(), (local, wg, wl), g),
-                                        return_mode="median")
+    g = torch.randn(32, 256, 5, 5, device="cuda")
+
+    loc_, wg_, wl_ = local.detach(), wg.detach(), wl.detach()
+
+    def fused_fwd() -> Tensor:
+        return mt._fused_middle(loc_, wg_, wl_, 0.5, torch.contiguous_format, False)
+
+    def fused_fwdbwd() -> tuple:
+        att = fused_fwd()
+        return mt._fused_middle_backward(loc_, g, wg_, wl_, 0.5, att, 160, 160, False)
+
+    middles = [("fused triton", fused_fwd, fused_fwdbwd)]
+    for label, fn in (("pytorch ops", lambda: mt._middle(local, wg, wl, 0.5)),
+                      ("default cudnn", middle_conv)):
+        middles.append((label, lambda fn=fn: fn().detach(),
+                        lambda fn=fn: torch.autograd.grad(fn(), (local, wg, wl), g)))
+    for label, fwd, fwdbwd in middles:
+        f_ms = triton.testing.do_bench(fwd, return_mode="median")
+        fb_ms = triton.testing.do_bench(fwdbwd, return_mode="median")
         print(f"middle (32, 256, 5, 5) {label:<13} fwd {f_ms * 1e3:8.1f} us   fwd+bwd {fb_ms * 1e3:8.1f} us",
               flush=True)
     if os.environ.get("MLCA_TUNE_MIDDLE_ONLY"):

@@ -381,12 +381,14 @@ class MLCA(nn.Module):
 
         # --- Triton path (issue 7, mlca_triton.py). "auto" takes it only for eager CUDA float
         # tensors when Triton works; "triton" forces it (the CPU interpreter in its tests).
-        if backend == "triton" or (
+        # Under a TorchDispatchMode (FLOP counters, fake tensors) neither does: the mode must see
+        # the ops, and Triton launches are invisible to it (and need real data pointers).
+        if not dispatch_mode_active() and (backend == "triton" or (
             backend == "auto"
             and not traced
             and x.is_cuda
             and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
-        ):
+        )):
             try:
                 from .mlca_triton import mlca_triton, triton_available
             except ImportError:

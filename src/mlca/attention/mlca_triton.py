@@ -7,7 +7,7 @@ MLCA (``mlca.attention.mlca``) is, for ``x`` of shape ``(B, C, H, W)`` and ``L =
     out   = x * adaptive_avg_pool2d(att_s, (H, W))        # (B, C, H, W)   "scale"
 
 The stock-op composition materialises the ``(B, C, H, W)`` attention map and, in backward,
-the adaptive-pooling adjoints. Here the big tensors are touched only by two kernels:
+the adaptive-pooling adjoints. Here the big tensors are touched only by two kernels.
 
 The kernels used by default are the "rows" variants, ``_triton_bin_reduce_rows`` and
 ``_triton_scale_rows``, which work on 2-D (channel, column) tiles: on an H100 they were 2.4x
@@ -35,10 +35,15 @@ backward reads ``g`` and ``x`` once (reduction) then reads ``g`` and writes ``gr
 no atomics are used, so results are bit-identical across runs and
 ``torch.use_deterministic_algorithms(True)`` is honoured. Everything accumulates in float32.
 
-The ``(B, C, L, L)`` middle (two conv1d, sigmoid, mix) is plain PyTorch: few bytes, and its
-backward is taken with autograd on a recomputed copy inside our backward. Its ~12 launches
-forward and ~30 backward are not negligible, though: on an H100 they dominate the time at
-YOLO shapes (docs/triton.md); fusing them into Triton kernels is the next step.
+The ``(B, C, L, L)`` middle (two conv1d, sigmoid, mix) is a few bytes but, as PyTorch ops, ~12
+launches forward and ~30 backward, which dominated the time at YOLO shapes on an H100
+(docs/triton.md). It is fused: ``_triton_middle`` computes it in one launch per direction
+(each program owns a block of channels and all their bins, and reads the neighbours its conv
+taps need straight from the L2-resident means; the backward recomputes the sigmoids and writes
+per-program partial sums of the weight gradients, added on the host in a fixed order), and
+``_triton_middle_adjoint`` takes dLoss/dlocal back through both convs, already divided by the
+bin sizes for the scale kernel. Forward: 3 launches; backward: 4 (``FUSED_MIDDLE = False``
+keeps the PyTorch middle, with its backward by autograd on a recomputed copy, for comparison).
 
 Kernels run compiled on CUDA tensors, and on CPU tensors through Triton's interpreter when
 ``TRITON_INTERPRET=1`` is set (read at call time, so tests can scope it with
@@ -365,6 +370,140 @@ def _triton_scale_rows(
         tl.store(o_base + h * so_h, res.to(out_ptr.dtype.element_ty), mask=m2)
 
 
+def _triton_middle(
+    local_ptr, wg_ptr, wl_ptr, d_ptr, out_ptr, dyg_ptr, part_ptr,
+    C, L, n_cblk, inv_ll, local_weight,
+    so_b, so_c, so_r, so_q,
+    MODE: tl.constexpr, KG: tl.constexpr, KL: tl.constexpr, BLOCK_C: tl.constexpr,
+    LLP: tl.constexpr,
+):
+    """The (B, C, L, L) middle for one (sample, block of channels), all L*L bins, one launch.
+
+    local: (B, C, L, L) bin means, contiguous. With ``t = bin * C + c`` the bin-major,
+    channel-minor sequence of the seed, ``glob[c]`` the mean of channel c's bins, zero padding::
+
+        yl[t] = sum_d wl[d] * local[t + d - (KL-1)/2]
+        yg[c] = sum_d wg[d] * glob[c + d - (KG-1)/2]
+        att   = sigmoid(yg) * (1 - lw) + sigmoid(yl) * lw
+
+    MODE 0 (forward): writes att to out (strides so_*: the layout the scale kernel reads).
+    MODE 1 (backward, d = dLoss/d att, contiguous): writes dyl = dLoss/d yl (contiguous, like
+    local) to out, dyg = dLoss/d yg (B, C) to dyg_ptr, and this program's share of the weight
+    gradients, ``sum dyg * glob[c + d - r]`` then ``sum dyl * local[t + d - r]``, to
+    part_ptr[pid, :KG + KL] (summed over programs on the host, in a fixed order). Every
+    neighbour a tap needs is read from ``local`` (L2-resident), so no program waits on another.
+    """
+    pid = tl.program_id(0)
+    cb = pid % n_cblk
+    bi = (pid // n_cblk).to(tl.int64)
+    LL = L * L
+    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    p = tl.arange(0, LLP)
+    mask_c = c < C
+    mask_p = p < LL
+    m2 = mask_c[:, None] & mask_p[None, :]
+    base = local_ptr + bi * C * LL
+
+    yg = tl.full((BLOCK_C,), 0.0, tl.float32)
+    for d in tl.static_range(KG):
+        cc = c + (d - (KG - 1) // 2)
+        ok = (cc >= 0) & (cc < C)
+        v = tl.load(base + cc[:, None] * LL + p[None, :], mask=ok[:, None] & mask_p[None, :],
+                    other=0.0)
+        glob = tl.reduce(v, 1, tl.standard._sum_combine) * inv_ll
+        yg += tl.load(wg_ptr + d).to(tl.float32) * glob
+
+    t = p[None, :] * C + c[:, None]
+    n_seq = LL * C
+    yl = tl.full((BLOCK_C, LLP), 0.0, tl.float32)
+    for d in tl.static_range(KL):
+        tt = t + (d - (KL - 1) // 2)
+        ok = m2 & (tt >= 0) & (tt < n_seq)
+        tt = tl.where(ok, tt, 0)
+        v = tl.load(base + (tt % C) * LL + tt // C, mask=ok, other=0.0)
+        yl += tl.load(wl_ptr + d).to(tl.float32) * v
+
+    sg = 1.0 / (1.0 + tl.exp(-yg))
+    sl = 1.0 / (1.0 + tl.exp(-yl))
+    if MODE == 0:
+        att = sg[:, None] * (1.0 - local_weight) + sl * local_weight
+        sp = (p // L) * so_r + (p % L) * so_q
+        tl.store(out_ptr + bi * so_b + c[:, None] * so_c + sp[None, :], att, mask=m2)
+    else:
+        own = bi * C * LL + c[:, None] * LL + p[None, :]
+        da = tl.load(d_ptr + own, mask=m2, other=0.0)
+        dyl = tl.where(m2, da * local_weight * sl * (1.0 - sl), 0.0)
+        dyg = tl.reduce(da, 1, tl.standard._sum_combine) * (1.0 - local_weight) * sg * (1.0 - sg)
+        dyg = tl.where(mask_c, dyg, 0.0)
+        tl.store(out_ptr + own, dyl, mask=m2)
+        tl.store(dyg_ptr + bi * C + c, dyg, mask=mask_c)
+        part = part_ptr + pid * (KG + KL)
+        for d in tl.static_range(KG):
+            cc = c + (d - (KG - 1) // 2)
+            ok = (cc >= 0) & (cc < C)
+            v = tl.load(base + cc[:, None] * LL + p[None, :], mask=ok[:, None] & mask_p[None, :],
+                        other=0.0)
+            glob = tl.reduce(v, 1, tl.standard._sum_combine) * inv_ll
+            s = tl.where(mask_c, dyg * glob, 0.0)
+            tl.store(part + d, tl.reduce(s, 0, tl.standard._sum_combine))
+        for d in tl.static_range(KL):
+            tt = t + (d - (KL - 1) // 2)
+            ok = m2 & (tt >= 0) & (tt < n_seq)
+            tt = tl.where(ok, tt, 0)
+            v = tl.load(base + (tt % C) * LL + tt // C, mask=ok, other=0.0)
+            s = tl.reduce(tl.where(ok, dyl * v, 0.0), 1, tl.standard._sum_combine)
+            tl.store(part + KG + d, tl.reduce(s, 0, tl.standard._sum_combine))
+
+
+def _triton_middle_adjoint(
+    dyl_ptr, dyg_ptr, wg_ptr, wl_ptr, add_ptr,
+    C, H, W, L, n_cblk, inv_ll,
+    so_b, so_c, so_r, so_q,
+    KG: tl.constexpr, KL: tl.constexpr, BLOCK_C: tl.constexpr, LLP: tl.constexpr,
+):
+    """dLoss/d local through both conv1d (their adjoints: the taps reversed), pre-divided by the
+    pooling-bin sizes for the scale kernel's gather: add = P-adjoint weights, strides so_*.
+
+    dyl: (B, C, L, L) contiguous, dyg: (B, C), from ``_triton_middle`` MODE 1::
+
+        dlocal[t] = sum_d wl[d] * dyl[t - d + (KL-1)/2]
+                  + sum_d wg[d] * dyg[c - d + (KG-1)/2] / (L*L)
+    """
+    pid = tl.program_id(0)
+    cb = pid % n_cblk
+    bi = (pid // n_cblk).to(tl.int64)
+    LL = L * L
+    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    p = tl.arange(0, LLP)
+    mask_c = c < C
+    m2 = mask_c[:, None] & (p < LL)[None, :]
+
+    dg = tl.full((BLOCK_C,), 0.0, tl.float32)
+    for d in tl.static_range(KG):
+        cc = c - (d - (KG - 1) // 2)
+        ok = (cc >= 0) & (cc < C)
+        v = tl.load(dyg_ptr + bi * C + cc, mask=ok, other=0.0)
+        dg += tl.load(wg_ptr + d).to(tl.float32) * v
+
+    t = p[None, :] * C + c[:, None]
+    n_seq = LL * C
+    acc = tl.full((BLOCK_C, LLP), 0.0, tl.float32)
+    dyl_base = dyl_ptr + bi * C * LL
+    for d in tl.static_range(KL):
+        tt = t - (d - (KL - 1) // 2)
+        ok = m2 & (tt >= 0) & (tt < n_seq)
+        tt = tl.where(ok, tt, 0)
+        acc += tl.load(wl_ptr + d).to(tl.float32) * tl.load(dyl_base + (tt % C) * LL + tt // C,
+                                                             mask=ok, other=0.0)
+
+    r = p // L
+    q = p % L
+    n_rows = ((r + 1) * H + L - 1) // L - (r * H) // L
+    n_cols = ((q + 1) * W + L - 1) // L - (q * W) // L
+    add = (acc + (dg * inv_ll)[:, None]) * (1.0 / (n_rows * n_cols).to(tl.float32))[None, :]
+    tl.store(add_ptr + bi * so_b + c[:, None] * so_c + (r * so_r + q * so_q)[None, :], add, mask=m2)
+
+
 _KERNEL_CACHE: dict[tuple[str, bool], Callable] = {}
 
 
@@ -450,9 +589,16 @@ TUNING: dict[str, tuple[int, ...]] = {
 # "rows": the (channel, column)-tile kernels; "flat": the flat-pixel kernels. Kept switchable
 # for the benchmark's comparison.
 ALGO = "rows"
+# The (B, C, L, L) middle as two Triton kernels (``_triton_middle``, ``_triton_middle_adjoint``):
+# forward 3 launches in all, backward 4, instead of ~12 and ~30 PyTorch ops that left the GPU
+# waiting on the host at the YOLO shapes (docs/triton.md). False: the PyTorch middle, for the
+# benchmark's comparison.
+FUSED_MIDDLE = True
 # NCHW scale: upsample the small maps along W first (tiny (B, C, L, W) tensors), so that the
-# kernel's attention loads are contiguous instead of one gather per element and bin.
-NCHW_COLS = True
+# kernel's attention loads are contiguous instead of one gather per element and bin. That bought
+# 2% of copy bandwidth in the scale kernel alone at 32x256x160x160 on an H100, for ~5 more host
+# ops per pass; off by default since the middle is fused (the host ops cost more than that).
+NCHW_COLS = False
 # NCHW: pick BLOCK_W to pad W least, widening BLOCK_C instead, so no lanes sit masked.
 FIT_W = True
 
@@ -603,13 +749,72 @@ def _no_tf32():
                    allow_tf32=False)
 
 
+def _middle_tile(C: int, L: int) -> tuple[int, int, int]:
+    """(BLOCK_C, LLP, n_cblk) of the middle kernels: all L*L bins of a block of channels, about
+    1024 elements per program (the work is tiny; this keeps several programs per sample)."""
+    llp = triton.next_power_of_2(L * L)
+    bc = max(1, min(triton.next_power_of_2(C), 1024 // llp))
+    return bc, llp, triton.cdiv(C, bc)
+
+
+def _small_format(t: Tensor) -> torch.memory_format:
+    """Layout of the (B, C, L, L) maps the scale kernel reads for big tensor t: channel-minor
+    when channels are t's contiguous axis, so neighbouring channels' gathers coalesce."""
+    return torch.channels_last if _is_channels_last(t) else torch.contiguous_format
+
+
+def _fused_middle(local: Tensor, w_global: Tensor, w_local: Tensor, local_weight: float,
+                  fmt: torch.memory_format, interpret: bool) -> Tensor:
+    """``_middle`` in one launch: (B, C, L, L) local means -> float32 attention in layout fmt."""
+    B, C, L, _ = local.shape
+    att = torch.empty((B, C, L, L), device=local.device, dtype=torch.float32, memory_format=fmt)
+    bc, llp, n_cblk = _middle_tile(C, L)
+    _kernel(_triton_middle, interpret)[(B * n_cblk,)](
+        local, w_global, w_local, local, att, att, att, C, L, n_cblk, 1.0 / (L * L), local_weight,
+        *att.stride(), MODE=0, KG=w_global.shape[-1], KL=w_local.shape[-1], BLOCK_C=bc, LLP=llp,
+    )
+    return att
+
+
+def _fused_middle_backward(local: Tensor, d_small: Tensor, w_global: Tensor, w_local: Tensor,
+                           local_weight: float, like: Tensor | None, H: int, W: int,
+                           interpret: bool) -> tuple[Tensor | None, Tensor, Tensor]:
+    """Backward of the middle: (the scale kernel's pooling-adjoint weights in like's layout, or
+    None when like is None; dLoss/d w_global; dLoss/d w_local), both weight gradients float32."""
+    B, C, L, _ = local.shape
+    kg, kl = w_global.shape[-1], w_local.shape[-1]
+    bc, llp, n_cblk = _middle_tile(C, L)
+    dyl = torch.empty_like(d_small)
+    dyg = torch.empty((B, C), device=local.device, dtype=torch.float32)
+    part = torch.empty((B * n_cblk, kg + kl), device=local.device, dtype=torch.float32)
+    inv_ll = 1.0 / (L * L)
+    _kernel(_triton_middle, interpret)[(B * n_cblk,)](
+        local, w_global, w_local, d_small, dyl, dyg, part, C, L, n_cblk, inv_ll, local_weight,
+        0, 0, 0, 0, MODE=1, KG=kg, KL=kl, BLOCK_C=bc, LLP=llp,
+    )
+    # Per-program partial sums, added in a fixed order: deterministic, no atomics.
+    d_w = part.sum(0)
+    add = None
+    if like is not None:
+        add = torch.empty_like(like)
+        _kernel(_triton_middle_adjoint, interpret)[(B * n_cblk,)](
+            dyl, dyg, w_global, w_local, add, C, H, W, L, n_cblk, inv_ll, *add.stride(),
+            KG=kg, KL=kl, BLOCK_C=bc, LLP=llp,
+        )
+    return add, d_w[:kg].view(1, 1, kg), d_w[kg:].view(1, 1, kl)
+
+
 class _MLCATritonFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, w_global: Tensor, w_local: Tensor, local_size: int,
                 local_weight: float, blocks: tuple[int, int] | None) -> Tensor:
         interpret = _use_interpreter(x)
         local = _bin_reduce(x, None, local_size, interpret, blocks)
-        att_small = _middle(local, w_global.float(), w_local.float(), local_weight).contiguous()
+        if FUSED_MIDDLE:
+            att_small = _fused_middle(local, w_global.contiguous(), w_local.contiguous(),
+                                      local_weight, _small_format(x), interpret)
+        else:
+            att_small = _middle(local, w_global.float(), w_local.float(), local_weight).contiguous()
         out = _scale(x, att_small, None, x, interpret, blocks)
         ctx.save_for_backward(x, w_global, w_local, local, att_small)
         ctx.local_weight = local_weight
@@ -625,6 +830,18 @@ class _MLCATritonFunction(torch.autograd.Function):
         L = local.shape[-1]
         # Pass 1 over (g, x): dLoss/d att_small = U_h^T (g * x) U_w.
         d_small = _bin_reduce(grad_out, x, L, ctx.interpret, ctx.blocks)
+        H, W = x.shape[-2:]
+        if FUSED_MIDDLE:
+            # The scale kernel reads att_small and add in the layout it picks for grad_out.
+            att_small = att_small.contiguous(memory_format=_small_format(grad_out))
+            add, d_wg, d_wl = _fused_middle_backward(
+                local, d_small, w_global.contiguous(), w_local.contiguous(), ctx.local_weight,
+                att_small if need_x else None, H, W, ctx.interpret)
+            grad_x = None
+            if need_x:
+                grad_x = _scale(grad_out, att_small, add, x, ctx.interpret, ctx.blocks)
+            return (grad_x, d_wg.to(w_global.dtype) if need_wg else None,
+                    d_wl.to(w_local.dtype) if need_wl else None, None, None, None)
         # The middle's backward by autograd on a recomputed (tiny) graph.
         with torch.enable_grad(), _no_tf32():
             loc = local.detach().requires_grad_(need_x)
@@ -639,7 +856,6 @@ class _MLCATritonFunction(torch.autograd.Function):
         grad_x = None
         if need_x:
             # Pass 2 over g: grad_x = g * att + P^T d_local, P = adaptive pooling (mean over bins).
-            H, W = x.shape[-2:]
             counts = _bin_counts(H, L, x.device)[:, None] * _bin_counts(W, L, x.device)[None, :]
             grad_x = _scale(grad_out, att_small, d_local / counts, x, ctx.interpret, ctx.blocks)
         return grad_x, d_wg, d_wl, None, None, None
