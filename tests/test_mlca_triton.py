@@ -432,6 +432,9 @@ def _signature(kernel: str, dtype: str, constexprs: dict) -> dict:
         ("_triton_middle", "fp32", dict(MODE=0, KG=5, KL=5, BLOCK_C=32, LLP=32)),
         ("_triton_middle", "fp16", dict(MODE=1, KG=3, KL=7, BLOCK_C=16, LLP=64)),
         ("_triton_middle_adjoint", "fp32", dict(KG=5, KL=3, BLOCK_C=32, LLP=32)),
+        # Triton turns integer arguments equal to 1 into constants: L = 1, C = 1, H = W = 1.
+        ("_triton_middle", "fp32", dict(MODE=1, KG=1, KL=1, BLOCK_C=1, LLP=1, L=1, C=1)),
+        ("_triton_middle_adjoint", "fp32", dict(KG=1, KL=1, BLOCK_C=1, LLP=1, L=1, C=1, H=1, W=1)),
     ],
 )
 def test_kernels_compile_for_a_gpu_without_one(kernel, dtype, constexprs):
