@@ -49,6 +49,11 @@ def native_available() -> bool:
 _is_functorch_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", lambda t: False)
 
 
+def functorch_wrapped(*tensors: Tensor) -> bool:
+    """Whether any of ``tensors`` is wrapped by a torch.func transform (vmap, grad, jvp, ...)."""
+    return any(_is_functorch_wrapped(t) for t in tensors)
+
+
 def native_unsupported(x: Tensor, eager: bool = True) -> Optional[str]:
     """Why the C kernels cannot take ``x`` (a sentence), or None when they can.
 

@@ -21,7 +21,8 @@ non-finite. In eager mode a
 backward that recomputes the H x W map instead of storing it; ``torch.compile`` runs the same
 code through an opaque custom op (``_mlca_op.py``). Scripting, tracing and export (ONNX,
 ``torch.export``) use the plain differentiable formulation (``mlca_plain``), which has no Python
-branches on sizes.
+branches on sizes; so do torch.func transforms (vmap, grad, jvp), which the Functions and the
+fused kernels cannot run under.
 
 Backends: ``backend="auto" | "torch" | "c" | "triton"`` per module, or globally with
 ``set_default_backend(...)`` / the ``MLCA_BACKEND`` environment variable. "c" is the fused CPU
@@ -44,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._mlca_function import mlca_forward_core, mlca_function
-from ._native import dispatch_mode_active, native_unsupported
+from ._native import dispatch_mode_active, functorch_wrapped, native_unsupported
 from ._pooling import adaptive_mean, matrix_grow, matrix_shrink, pool_matrix
 from .registry import register_attention
 
@@ -378,6 +379,18 @@ class MLCA(nn.Module):
         exporting = _exporting()
         traced = exporting or torch.compiler.is_compiling()
         backend = self.backend if self.backend != "auto" else get_default_backend()
+
+        # --- torch.func transforms (vmap, grad, jacrev: per-sample gradients, ...) cannot run
+        # the autograd.Functions nor kernels that read data pointers; the input, or only the
+        # weights (grad with respect to the parameters), may be wrapped. They get the plain
+        # differentiable formulation, which composes with every transform.
+        if not traced and functorch_wrapped(x, wg, wl):
+            if backend in ("c", "triton"):
+                raise ValueError(
+                    f"MLCA backend {backend!r} cannot run under a torch.func transform (vmap, "
+                    "grad, ...): its kernels read raw data pointers; use backend='auto' or 'torch'"
+                )
+            return mlca_plain(x, wg, wl, self.local_size, self.local_weight)
 
         # --- Triton path (issue 7, mlca_triton.py). "auto" takes it only for eager CUDA float
         # tensors when Triton works; "triton" forces it (the CPU interpreter in its tests).
