@@ -165,6 +165,8 @@ def test_float32_matches_reference(B, C, H, W, L, k, cl, blocks):
     x, wg, wl, g = _inputs(B, C, H, W, k, channels_last=cl)
     got = _run(x, wg, wl, L, 0.3, g, blocks)
     _assert_matches(got, _reference_grads(x, wg, wl, L, 0.3, g), rtol=2e-5, atol=2e-6)
+    with torch.no_grad():  # inference skips the autograd node: the same kernels, the same bits
+        assert torch.equal(mt.mlca_triton(x, wg, wl, L, 0.3, block_sizes=blocks), got[0])
     # Same memory format out as in, for the output and for the input gradient.
     fmt = torch.channels_last if cl else torch.contiguous_format
     assert got[0].is_contiguous(memory_format=fmt) and got[1].is_contiguous(memory_format=fmt)

@@ -804,18 +804,25 @@ def _fused_middle_backward(local: Tensor, d_small: Tensor, w_global: Tensor, w_l
     return add, d_w[:kg].view(1, 1, kg), d_w[kg:].view(1, 1, kl)
 
 
+def _forward(x: Tensor, w_global: Tensor, w_local: Tensor, local_size: int, local_weight: float,
+             blocks: tuple[int, int] | None, interpret: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(out, local, att_small): the three forward launches; the small maps for the backward."""
+    local = _bin_reduce(x, None, local_size, interpret, blocks)
+    if FUSED_MIDDLE:
+        att_small = _fused_middle(local, w_global.contiguous(), w_local.contiguous(),
+                                  local_weight, _small_format(x), interpret)
+    else:
+        att_small = _middle(local, w_global.float(), w_local.float(), local_weight).contiguous()
+    return _scale(x, att_small, None, x, interpret, blocks), local, att_small
+
+
 class _MLCATritonFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, w_global: Tensor, w_local: Tensor, local_size: int,
                 local_weight: float, blocks: tuple[int, int] | None) -> Tensor:
         interpret = _use_interpreter(x)
-        local = _bin_reduce(x, None, local_size, interpret, blocks)
-        if FUSED_MIDDLE:
-            att_small = _fused_middle(local, w_global.contiguous(), w_local.contiguous(),
-                                      local_weight, _small_format(x), interpret)
-        else:
-            att_small = _middle(local, w_global.float(), w_local.float(), local_weight).contiguous()
-        out = _scale(x, att_small, None, x, interpret, blocks)
+        out, local, att_small = _forward(x, w_global, w_local, local_size, local_weight, blocks,
+                                         interpret)
         ctx.save_for_backward(x, w_global, w_local, local, att_small)
         ctx.local_weight = local_weight
         ctx.blocks = blocks
@@ -900,6 +907,11 @@ def mlca_triton(x: Tensor, w_global: Tensor, w_local: Tensor, local_size: int, l
     _check(x, w_global, w_local, local_size)
     if x.numel() == 0:
         return x * 1.0
+    if not (torch.is_grad_enabled() and (x.requires_grad or w_global.requires_grad
+                                         or w_local.requires_grad)):
+        # inference: no autograd node to set up (host time is what limits small maps)
+        return _forward(x, w_global, w_local, local_size, float(local_weight), block_sizes,
+                        _use_interpreter(x))[0]
     return _MLCATritonFunction.apply(x, w_global, w_local, local_size, float(local_weight),
                                      block_sizes)
 
