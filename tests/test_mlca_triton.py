@@ -514,6 +514,19 @@ def test_cuda_deterministic_bit_identical_gradients(monkeypatch):
         assert torch.equal(a, b)
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_cuda_second_device_while_the_first_is_current(monkeypatch):
+    """Triton launches on the current device: tensors on cuda:1 with cuda:0 current must still
+    give the reference's values and gradients (the path switches device around its launches)."""
+    monkeypatch.delenv("TRITON_INTERPRET")
+    x, wg, wl, g = _inputs(2, 16, 9, 11, 3, seed=12)
+    dev = torch.device("cuda", 1)
+    with torch.cuda.device(0):
+        got = _run(x.to(dev), wg.to(dev), wl.to(dev), 3, 0.3, g.to(dev))
+    assert all(t.device == dev for t in got)
+    _assert_matches([t.cpu() for t in got], _reference_grads(x, wg, wl, 3, 0.3, g), rtol=2e-5, atol=2e-6)
+
+
 @_needs_cuda
 def test_cuda_auto_backend_takes_the_triton_path(monkeypatch):
     """MLCA(backend='auto') on a CUDA float tensor runs mlca_triton and agrees with 'torch'."""

@@ -395,8 +395,9 @@ class MLCA(nn.Module):
         # --- Triton path (issue 7, mlca_triton.py). "auto" takes it only for eager CUDA float
         # tensors when Triton works; "triton" forces it (the CPU interpreter in its tests).
         # Under a TorchDispatchMode (FLOP counters, fake tensors) neither does: the mode must see
-        # the ops, and Triton launches are invisible to it (and need real data pointers).
-        if not dispatch_mode_active() and (backend == "triton" or (
+        # the ops, and Triton launches are invisible to it (and need real data pointers). (Asked
+        # in eager mode only: torch.compile would break the graph on the question.)
+        if (traced or not dispatch_mode_active()) and (backend == "triton" or (
             backend == "auto"
             and not traced
             and x.is_cuda

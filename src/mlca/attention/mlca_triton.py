@@ -52,6 +52,7 @@ Kernels run compiled on CUDA tensors, and on CPU tensors through Triton's interp
 
 from __future__ import annotations
 
+import contextlib
 import os
 from functools import lru_cache
 from typing import Callable
@@ -539,6 +540,14 @@ def _use_interpreter(x: Tensor) -> bool:
     )
 
 
+def _on_device_of(t: Tensor):
+    """Triton launches on the *current* CUDA device: make it t's (a model on cuda:1 with cuda:0
+    current would otherwise hand cuda:1 pointers to a cuda:0 launch)."""
+    if t.is_cuda and t.get_device() != torch.cuda.current_device():
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
+
+
 def _is_channels_last(x: Tensor) -> bool:
     return x.dim() == 4 and x.stride(1) == 1 and x.shape[1] > 1 and not x.is_contiguous()
 
@@ -832,6 +841,11 @@ class _MLCATritonFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):
+        with _on_device_of(grad_out):
+            return _MLCATritonFunction._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out: Tensor):
         x, w_global, w_local, local, att_small = ctx.saved_tensors
         need_x, need_wg, need_wl = ctx.needs_input_grad[:3]
         L = local.shape[-1]
@@ -907,11 +921,12 @@ def mlca_triton(x: Tensor, w_global: Tensor, w_local: Tensor, local_size: int, l
     _check(x, w_global, w_local, local_size)
     if x.numel() == 0:
         return x * 1.0
-    if not (torch.is_grad_enabled() and (x.requires_grad or w_global.requires_grad
-                                         or w_local.requires_grad)):
-        # inference: no autograd node to set up (host time is what limits small maps)
-        return _forward(x, w_global, w_local, local_size, float(local_weight), block_sizes,
-                        _use_interpreter(x))[0]
-    return _MLCATritonFunction.apply(x, w_global, w_local, local_size, float(local_weight),
-                                     block_sizes)
+    with _on_device_of(x):
+        if not (torch.is_grad_enabled() and (x.requires_grad or w_global.requires_grad
+                                             or w_local.requires_grad)):
+            # inference: no autograd node to set up (host time is what limits small maps)
+            return _forward(x, w_global, w_local, local_size, float(local_weight), block_sizes,
+                            _use_interpreter(x))[0]
+        return _MLCATritonFunction.apply(x, w_global, w_local, local_size, float(local_weight),
+                                         block_sizes)
 
