@@ -368,6 +368,45 @@ def test_dispatch_modes_see_the_pytorch_kernels():
     assert counts[0] == counts[1] == 2 * k * (16 + 25 * 16)
 
 
+@pytest.mark.parametrize("cl", [False, True])
+def test_custom_ops_with_triton_kernels_agree_with_their_fakes(cl):
+    """torch.library.opcheck of the custom ops torch.compile calls, with the Triton kernels."""
+    from mlca.attention import _mlca_op  # noqa: F401  (registers the ops)
+
+    x, wg, wl, g = _inputs(2, 6, 7, 9, 3, channels_last=cl, seed=13)
+    torch.library.opcheck(torch.ops.mlca.mlca_fwd.default, (x, wg, wl, 3, 0.5, False, True))
+    out, local = torch.ops.mlca.mlca_fwd(x, wg, wl, 3, 0.5, False, True)
+    torch.library.opcheck(torch.ops.mlca.mlca_bwd.default, (g, x, local, wg, wl, 3, 0.5, False, True))
+
+
+def test_compile_runs_the_triton_kernels_in_one_graph(monkeypatch):
+    """Under torch.compile the Triton path runs inside the opaque custom op: one graph for all
+    sizes, no break, and the reference's values and gradients (forward and backward kernels
+    both ran: the spies see them)."""
+    from torch._dynamo.utils import counters
+
+    from mlca.attention.mlca import MLCA
+
+    calls = []
+    for name in ("triton_forward_core", "triton_backward_core"):
+        real = getattr(mt, name)
+        monkeypatch.setattr(mt, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+    torch._dynamo.reset()
+    counters.clear()
+    m = MLCA(8, local_size=3, backend="triton")
+    wg, wl = m.conv.weight, m.conv_local.weight
+    compiled = torch.compile(m, dynamic=True)
+    for shape in [(2, 8, 7, 9), (2, 8, 4, 6), (2, 8, 2, 3)]:  # batch 1 would specialise
+        x = torch.randn(shape, requires_grad=True)
+        g = torch.randn(shape)
+        out = compiled(x)
+        got = (out.detach(), *torch.autograd.grad(out, (x, wg, wl), g))
+        _assert_matches(got, _reference_grads(x, wg, wl, 3, m.local_weight, g), rtol=2e-5, atol=2e-6)
+    assert calls.count("triton_forward_core") == 3 and calls.count("triton_backward_core") == 3
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    assert not counters["graph_break"], dict(counters["graph_break"])
+
+
 def _load_gpu_bench(monkeypatch):
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_mlca_gpu.py"
     spec = importlib.util.spec_from_file_location("bench_mlca_gpu", path)

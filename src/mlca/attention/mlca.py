@@ -392,14 +392,21 @@ class MLCA(nn.Module):
                 )
             return mlca_plain(x, wg, wl, self.local_size, self.local_weight)
 
-        # --- Triton path (issue 7, mlca_triton.py). "auto" takes it only for eager CUDA float
-        # tensors when Triton works; "triton" forces it (the CPU interpreter in its tests).
-        # Under a TorchDispatchMode (FLOP counters, fake tensors) neither does: the mode must see
-        # the ops, and Triton launches are invisible to it (and need real data pointers). (Asked
-        # in eager mode only: torch.compile would break the graph on the question.)
+        # --- Exporters get the branch-free formulation (one graph valid for every size, standard
+        # ops only). torch.compile gets the fast kernels (Triton, C or PyTorch) through an opaque
+        # custom op (one graph, no break); eager gets them directly (autograd.Functions with a
+        # recomputing backward).
+        if exporting:
+            plain = mlca_plain_dense if _export_formulation == "dense" else mlca_plain
+            return plain(x, wg, wl, self.local_size, self.local_weight)
+
+        # --- Triton path (issue 7, mlca_triton.py). "auto" takes it for CUDA float tensors when
+        # Triton works; "triton" forces it (the CPU interpreter in its tests). Under a
+        # TorchDispatchMode (FLOP counters, fake tensors) neither does: the mode must see the
+        # ops, and Triton launches are invisible to it (and need real data pointers). (Asked in
+        # eager mode only: torch.compile would break the graph on the question.)
         if (traced or not dispatch_mode_active()) and (backend == "triton" or (
             backend == "auto"
-            and not traced
             and x.is_cuda
             and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
         )):
@@ -410,14 +417,13 @@ class MLCA(nn.Module):
                     raise
             else:
                 if backend == "triton" or triton_available():
+                    if traced:
+                        from ._mlca_op import mlca_op
+
+                        return mlca_op(x, wg, wl, self.local_size, self.local_weight,
+                                       triton=True)
                     return mlca_triton(x, wg, wl, self.local_size, self.local_weight)
 
-        # --- Exporters get the branch-free formulation (one graph valid for every size, standard
-        # ops only); torch.compile gets the fast kernels (C or PyTorch) through an opaque custom op
-        # (one graph, no break); eager gets the Function with the recomputing backward.
-        if exporting:
-            plain = mlca_plain_dense if _export_formulation == "dense" else mlca_plain
-            return plain(x, wg, wl, self.local_size, self.local_weight)
         native = False
         if backend in ("auto", "c"):
             why = native_unsupported(x, eager=not traced)

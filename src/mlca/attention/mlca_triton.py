@@ -71,7 +71,7 @@ except ImportError:  # pragma: no cover - depends on the torch build
     tl = None  # type: ignore[assignment]
     _HAS_TRITON = False
 
-__all__ = ["triton_available", "mlca_triton"]
+__all__ = ["triton_available", "mlca_triton", "triton_forward_core", "triton_backward_core"]
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -801,8 +801,9 @@ def _fused_middle_backward(local: Tensor, d_small: Tensor, w_global: Tensor, w_l
         local, w_global, w_local, d_small, dyl, dyg, part, C, L, n_cblk, inv_ll, local_weight,
         0, 0, 0, 0, MODE=1, KG=kg, KL=kl, BLOCK_C=bc, LLP=llp,
     )
-    # Per-program partial sums, added in a fixed order: deterministic, no atomics.
-    d_w = part.sum(0)
+    # Per-program partial sums, added in a fixed order: deterministic, no atomics. (Two sums, not
+    # views of one: the custom op's outputs may not alias each other.)
+    d_wg, d_wl = part[:, :kg].sum(0), part[:, kg:].sum(0)
     add = None
     if like is not None:
         add = torch.empty_like(like)
@@ -810,7 +811,7 @@ def _fused_middle_backward(local: Tensor, d_small: Tensor, w_global: Tensor, w_l
             dyl, dyg, w_global, w_local, add, C, H, W, L, n_cblk, inv_ll, *add.stride(),
             KG=kg, KL=kl, BLOCK_C=bc, LLP=llp,
         )
-    return add, d_w[:kg].view(1, 1, kg), d_w[kg:].view(1, 1, kl)
+    return add, d_wg.view(1, 1, kg), d_wl.view(1, 1, kl)
 
 
 def _forward(x: Tensor, w_global: Tensor, w_local: Tensor, local_size: int, local_weight: float,
@@ -823,6 +824,45 @@ def _forward(x: Tensor, w_global: Tensor, w_local: Tensor, local_size: int, loca
     else:
         att_small = _middle(local, w_global.float(), w_local.float(), local_weight).contiguous()
     return _scale(x, att_small, None, x, interpret, blocks), local, att_small
+
+
+def _backward(g: Tensor, x: Tensor, w_global: Tensor, w_local: Tensor, local: Tensor,
+              att_small: Tensor, local_weight: float, needs: tuple[bool, bool, bool],
+              blocks: tuple[int, int] | None, interpret: bool
+              ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients of x, w_global, w_local (None where ``needs`` says so) from the forward's small
+    maps: pass 1 over (g, x), the middle's backward, pass 2 over g."""
+    need_x, need_wg, need_wl = needs
+    L = local.shape[-1]
+    # Pass 1 over (g, x): dLoss/d att_small = U_h^T (g * x) U_w.
+    d_small = _bin_reduce(g, x, L, interpret, blocks)
+    H, W = x.shape[-2:]
+    if FUSED_MIDDLE:
+        # The scale kernel reads att_small and add in the layout it picks for g.
+        att_small = att_small.contiguous(memory_format=_small_format(g))
+        add, d_wg, d_wl = _fused_middle_backward(
+            local, d_small, w_global.contiguous(), w_local.contiguous(), local_weight,
+            att_small if need_x else None, H, W, interpret)
+        grad_x = _scale(g, att_small, add, x, interpret, blocks) if need_x else None
+        return (grad_x, d_wg.to(w_global.dtype) if need_wg else None,
+                d_wl.to(w_local.dtype) if need_wl else None)
+    # The middle's backward by autograd on a recomputed (tiny) graph.
+    with torch.enable_grad(), _no_tf32():
+        loc = local.detach().requires_grad_(need_x)
+        wg = w_global.detach().float().requires_grad_(need_wg)
+        wl = w_local.detach().float().requires_grad_(need_wl)
+        leaves = [t for t in (loc, wg, wl) if t.requires_grad]
+        grads = iter(torch.autograd.grad(_middle(loc, wg, wl, local_weight), leaves, d_small)
+                     if leaves else ())
+    d_local = next(grads) if need_x else None
+    d_wg = next(grads).to(w_global.dtype) if need_wg else None
+    d_wl = next(grads).to(w_local.dtype) if need_wl else None
+    grad_x = None
+    if need_x:
+        # Pass 2 over g: grad_x = g * att + P^T d_local, P = adaptive pooling (mean over bins).
+        counts = _bin_counts(H, L, x.device)[:, None] * _bin_counts(W, L, x.device)[None, :]
+        grad_x = _scale(g, att_small, d_local / counts, x, interpret, blocks)
+    return grad_x, d_wg, d_wl
 
 
 class _MLCATritonFunction(torch.autograd.Function):
@@ -841,45 +881,42 @@ class _MLCATritonFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):
-        with _on_device_of(grad_out):
-            return _MLCATritonFunction._backward(ctx, grad_out)
-
-    @staticmethod
-    def _backward(ctx, grad_out: Tensor):
         x, w_global, w_local, local, att_small = ctx.saved_tensors
-        need_x, need_wg, need_wl = ctx.needs_input_grad[:3]
-        L = local.shape[-1]
-        # Pass 1 over (g, x): dLoss/d att_small = U_h^T (g * x) U_w.
-        d_small = _bin_reduce(grad_out, x, L, ctx.interpret, ctx.blocks)
-        H, W = x.shape[-2:]
+        with _on_device_of(grad_out):
+            grads = _backward(grad_out, x, w_global, w_local, local, att_small, ctx.local_weight,
+                              tuple(ctx.needs_input_grad[:3]), ctx.blocks, ctx.interpret)
+        return (*grads, None, None, None)
+
+
+def triton_forward_core(x: Tensor, w_global: Tensor, w_local: Tensor, local_size: int,
+                        local_weight: float) -> tuple[Tensor, Tensor]:
+    """Forward without autograd, for the custom op that ``torch.compile`` calls: x (B, C, H, W)
+    -> (out (B, C, H, W), local (B, C, L, L) float32, all the backward needs besides x)."""
+    _check(x, w_global, w_local, local_size)
+    if x.numel() == 0:
+        return torch.empty_like(x), x.new_zeros((*x.shape[:2], local_size, local_size),
+                                                dtype=torch.float32)
+    with _on_device_of(x):
+        out, local, _ = _forward(x, w_global, w_local, local_size, float(local_weight), None,
+                                 _use_interpreter(x))
+    return out, local
+
+
+def triton_backward_core(g: Tensor, x: Tensor, local: Tensor, w_global: Tensor, w_local: Tensor,
+                         local_weight: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of x, w_global, w_local from ``triton_forward_core``'s ``local`` (the small
+    attention map is recomputed: one launch of the middle kernel)."""
+    if x.numel() == 0:
+        return torch.zeros_like(x), torch.zeros_like(w_global), torch.zeros_like(w_local)
+    with _on_device_of(x):
+        interpret = _use_interpreter(x)
         if FUSED_MIDDLE:
-            # The scale kernel reads att_small and add in the layout it picks for grad_out.
-            att_small = att_small.contiguous(memory_format=_small_format(grad_out))
-            add, d_wg, d_wl = _fused_middle_backward(
-                local, d_small, w_global.contiguous(), w_local.contiguous(), ctx.local_weight,
-                att_small if need_x else None, H, W, ctx.interpret)
-            grad_x = None
-            if need_x:
-                grad_x = _scale(grad_out, att_small, add, x, ctx.interpret, ctx.blocks)
-            return (grad_x, d_wg.to(w_global.dtype) if need_wg else None,
-                    d_wl.to(w_local.dtype) if need_wl else None, None, None, None)
-        # The middle's backward by autograd on a recomputed (tiny) graph.
-        with torch.enable_grad(), _no_tf32():
-            loc = local.detach().requires_grad_(need_x)
-            wg = w_global.detach().float().requires_grad_(need_wg)
-            wl = w_local.detach().float().requires_grad_(need_wl)
-            leaves = [t for t in (loc, wg, wl) if t.requires_grad]
-            grads = iter(torch.autograd.grad(_middle(loc, wg, wl, ctx.local_weight), leaves, d_small)
-                         if leaves else ())
-        d_local = next(grads) if need_x else None
-        d_wg = next(grads).to(w_global.dtype) if need_wg else None
-        d_wl = next(grads).to(w_local.dtype) if need_wl else None
-        grad_x = None
-        if need_x:
-            # Pass 2 over g: grad_x = g * att + P^T d_local, P = adaptive pooling (mean over bins).
-            counts = _bin_counts(H, L, x.device)[:, None] * _bin_counts(W, L, x.device)[None, :]
-            grad_x = _scale(grad_out, att_small, d_local / counts, x, ctx.interpret, ctx.blocks)
-        return grad_x, d_wg, d_wl, None, None, None
+            att = _fused_middle(local, w_global.contiguous(), w_local.contiguous(),
+                                float(local_weight), _small_format(g), interpret)
+        else:
+            att = _middle(local, w_global.float(), w_local.float(), local_weight).contiguous()
+        return _backward(g, x, w_global, w_local, local, att, float(local_weight),
+                         (True, True, True), None, interpret)
 
 
 def _check(x: Tensor, w_global: Tensor, w_local: Tensor, local_size: int) -> None:
