@@ -435,6 +435,28 @@ def test_gpu_benchmark_code_paths_on_the_interpreter(capsys, monkeypatch):
     assert errs[0] == 0.0  # the seed against itself: the comparison is wired
 
 
+def test_host_benchmark_runs(capsys):
+    """benchmarks/bench_mlca_triton_host.py (launches stubbed, CPU only) prints its table."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_mlca_triton_host.py"
+    spec = importlib.util.spec_from_file_location("bench_mlca_triton_host", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    real_kernel = mt._kernel
+    assert module.main(["--reps", "3", "--rounds", "2", "--shapes", "2x8x10x10"]) == 0
+    assert mt._kernel is real_kernel  # the stub is undone
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 2x8x10x10")]
+    assert [r.split("|")[2].strip() for r in rows] == ["mlca", "triton int helpers"]
+
+
+def test_host_integer_helpers_match_tritons():
+    import triton
+
+    for n in range(0, 2100):
+        assert mt._next_pow2(n) == triton.next_power_of_2(n)
+        for b in (1, 3, 16, 128):
+            assert mt._cdiv(n, b) == triton.cdiv(n, b)
+
+
 # The (B, C, L, L) maps are float32 whatever x's dtype.
 _FP32_POINTERS = {"_triton_bin_reduce": {"out_ptr"}, "_triton_scale": {"small_ptr", "add_ptr"},
                   "_triton_bin_reduce_rows": {"out_ptr"}, "_triton_scale_rows": {"small_ptr", "add_ptr"},

@@ -540,6 +540,18 @@ def _use_interpreter(x: Tensor) -> bool:
     )
 
 
+# Host-side integer helpers. Not ``triton.cdiv`` / ``triton.next_power_of_2``: since Triton 3.x
+# those are ``ConstexprFunction`` objects costing ~5 us a call on the host, and a forward+backward
+# made 32 such calls (~170 us of the host time that limits the small YOLO maps).
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _next_pow2(n: int) -> int:
+    """Smallest power of two >= n (0 for 0, as Triton's)."""
+    return 1 << (n - 1).bit_length() if n > 0 else 0
+
+
 def _on_device_of(t: Tensor):
     """Triton launches on the *current* CUDA device: make it t's (a model on cuda:1 with cuda:0
     current would otherwise hand cuda:1 pointers to a cuda:0 launch)."""
@@ -558,9 +570,9 @@ def _blocks(x: Tensor, for_reduce: bool, lp: int, override: tuple[int, int] | No
         return override
     C = x.shape[1]
     if _is_channels_last(x):
-        bc, bs = min(64, triton.next_power_of_2(C)), 32
+        bc, bs = min(64, _next_pow2(C)), 32
     else:
-        bc, bs = min(8 if for_reduce else 4, triton.next_power_of_2(C)), 128 if for_reduce else 256
+        bc, bs = min(8 if for_reduce else 4, _next_pow2(C)), 128 if for_reduce else 256
     if for_reduce:  # the (BLOCK_C, BLOCK_S, LP) broadcast must stay in registers
         while bc * bs * lp > 8192 and bs > 16:
             bs //= 2
@@ -639,21 +651,29 @@ def _fit_width(W: int, widest: int) -> int:
     """The power of two in [widest / 8, widest] (and >= 16) whose multiple pads W least; ties go
     to the wider. W = 160: 32 (no padding), not 256 (96 idle lanes in every row)."""
     cands = [widest >> s for s in range(4) if (widest >> s) >= min(16, widest)]
-    return min(cands, key=lambda c: (triton.cdiv(W, c) * c, -c))
+    return min(cands, key=lambda c: (_cdiv(W, c) * c, -c))
 
 
 def _row_tile(x: Tensor, key: str, lp: int) -> tuple[int, ...]:
-    C, W = x.shape[1], x.shape[3]
-    if _is_channels_last(x):
-        cfg = TUNING[key + "_cl"]
-        bc = min(cfg[0], triton.next_power_of_2(C))
+    """Tile of the row kernels for x: (BLOCK_C, BLOCK_W, *rest of the TUNING entry)."""
+    cl = _is_channels_last(x)
+    cfg = TUNING[key + ("_cl" if cl else "_nchw")]
+    return _row_tile_for(x.shape[1], x.shape[3], cl, key, lp, cfg, FIT_W)
+
+
+@lru_cache(maxsize=1024)
+def _row_tile_for(C: int, W: int, cl: bool, key: str, lp: int, cfg: tuple[int, ...],
+                  fit_w: bool) -> tuple[int, ...]:
+    """Cached: tile arithmetic is per call host time, which bounds the small maps on a GPU (the
+    settings it reads are arguments, so a benchmark changing TUNING/FIT_W gets fresh tiles)."""
+    if cl:
+        bc = min(cfg[0], _next_pow2(C))
         bw = cfg[1]
     else:
-        cfg = TUNING[key + "_nchw"]
-        bw = min(cfg[1], triton.next_power_of_2(W))
-        if FIT_W:
+        bw = min(cfg[1], _next_pow2(W))
+        if fit_w:
             bw = _fit_width(W, bw)
-        bc = min(max(1, cfg[0] * cfg[1] // bw), triton.next_power_of_2(C))
+        bc = min(max(1, cfg[0] * cfg[1] // bw), _next_pow2(C))
     if key == "reduce":  # the (BLOCK_C, BLOCK_W, LP) select must stay in registers
         while bc * bw * lp > 16384 and bc > 1:
             bc //= 2
@@ -665,20 +685,20 @@ def _bin_reduce(a: Tensor, b: Tensor | None, L: int, interpret: bool,
     """Mode 0 (b None): (B, C, L, L) bin means of a. Mode 1: U^T (a*b) U. float32."""
     B, C, H, W = a.shape
     out = torch.empty((B, C, L, L), device=a.device, dtype=torch.float32)
-    lp = triton.next_power_of_2(L)
+    lp = _next_pow2(L)
     other = a if b is None else b
     if ALGO == "rows":
         bc, bw, warps = _row_tile(a, "reduce", lp)
         if blocks is not None:
             bc, bw = blocks
-        n_cblk = triton.cdiv(C, bc)
+        n_cblk = _cdiv(C, bc)
         _kernel(_triton_bin_reduce_rows, interpret)[(B * n_cblk * L,)](
             a, other, out, C, H, W, L, n_cblk, *a.stride(), *other.stride(),
             MODE=0 if b is None else 1, BLOCK_C=bc, BLOCK_W=bw, LP=lp, num_warps=warps,
         )
         return out
     bc, bs = _blocks(a, True, lp, blocks)
-    n_cblk = triton.cdiv(C, bc)
+    n_cblk = _cdiv(C, bc)
     _kernel(_triton_bin_reduce, interpret)[(B * n_cblk * L,)](
         a, other, out, C, H, W, L, n_cblk,
         *a.stride(), *other.stride(),
@@ -707,7 +727,7 @@ def _scale(v: Tensor, small: Tensor, add: Tensor | None, like: Tensor, interpret
         if cols:
             small = _cols(small, W, True)
             add = None if add is None else _cols(add, W, False)
-        n_cblk, n_hblk, n_wblk = triton.cdiv(C, bc), triton.cdiv(H, rows), triton.cdiv(W, bw)
+        n_cblk, n_hblk, n_wblk = _cdiv(C, bc), _cdiv(H, rows), _cdiv(W, bw)
         _kernel(_triton_scale_rows, interpret)[(B * n_cblk * n_hblk * n_wblk,)](
             v, small, small if add is None else add, out, C, H, W, L, n_cblk, n_hblk, n_wblk,
             *v.stride(), *out.stride(), *small.stride(),
@@ -716,8 +736,8 @@ def _scale(v: Tensor, small: Tensor, add: Tensor | None, like: Tensor, interpret
         )
         return out
     bc, bs = _blocks(v, False, 1, blocks)
-    n_cblk = triton.cdiv(C, bc)
-    n_sblk = triton.cdiv(H * W, bs)
+    n_cblk = _cdiv(C, bc)
+    n_sblk = _cdiv(H * W, bs)
     _kernel(_triton_scale, interpret)[(B * n_cblk * n_sblk,)](
         v, small, small if add is None else add, out, C, H, W, L, n_cblk, n_sblk,
         *v.stride(), *out.stride(), *small.stride(),
@@ -758,12 +778,13 @@ def _no_tf32():
                    allow_tf32=False)
 
 
+@lru_cache(maxsize=1024)
 def _middle_tile(C: int, L: int) -> tuple[int, int, int]:
     """(BLOCK_C, LLP, n_cblk) of the middle kernels: all L*L bins of a block of channels, about
     1024 elements per program (the work is tiny; this keeps several programs per sample)."""
-    llp = triton.next_power_of_2(L * L)
-    bc = max(1, min(triton.next_power_of_2(C), 1024 // llp))
-    return bc, llp, triton.cdiv(C, bc)
+    llp = _next_pow2(L * L)
+    bc = max(1, min(_next_pow2(C), 1024 // llp))
+    return bc, llp, _cdiv(C, bc)
 
 
 def _small_format(t: Tensor) -> torch.memory_format:
