@@ -405,6 +405,7 @@ class MLCA(nn.Module):
         # TorchDispatchMode (FLOP counters, fake tensors) neither does: the mode must see the
         # ops, and Triton launches are invisible to it (and need real data pointers). (Asked in
         # eager mode only: torch.compile would break the graph on the question.)
+        use_triton = False
         if (traced or not dispatch_mode_active()) and (backend == "triton" or (
             backend == "auto"
             and x.is_cuda
@@ -416,16 +417,12 @@ class MLCA(nn.Module):
                 if backend == "triton":
                     raise
             else:
-                if backend == "triton" or triton_available():
-                    if traced:
-                        from ._mlca_op import mlca_op
-
-                        return mlca_op(x, wg, wl, self.local_size, self.local_weight,
-                                       triton=True)
+                use_triton = backend == "triton" or triton_available()
+                if use_triton and not traced:
                     return mlca_triton(x, wg, wl, self.local_size, self.local_weight)
 
         native = False
-        if backend in ("auto", "c"):
+        if not use_triton and backend in ("auto", "c"):
             why = native_unsupported(x, eager=not traced)
             if backend == "c" and why is not None:
                 raise ValueError(f"MLCA backend 'c' cannot run this input: {why}")
@@ -433,7 +430,7 @@ class MLCA(nn.Module):
         if traced:
             from ._mlca_op import mlca_op
 
-            return mlca_op(x, wg, wl, self.local_size, self.local_weight, native)
+            return mlca_op(x, wg, wl, self.local_size, self.local_weight, native, use_triton)
         if not (torch.is_grad_enabled() and (x.requires_grad or wg.requires_grad
                                              or wl.requires_grad)):
             # inference: no autograd.Function to set up, nothing kept for a backward

@@ -564,6 +564,12 @@ def _is_channels_last(x: Tensor) -> bool:
     return x.dim() == 4 and x.stride(1) == 1 and x.shape[1] > 1 and not x.is_contiguous()
 
 
+def _small_format(t: Tensor) -> torch.memory_format:
+    """Layout of the (B, C, L, L) maps the scale kernel reads for big tensor t: channel-minor
+    when channels are t's contiguous axis, so neighbouring channels' gathers coalesce."""
+    return torch.channels_last if _is_channels_last(t) else torch.contiguous_format
+
+
 def _blocks(x: Tensor, for_reduce: bool, lp: int, override: tuple[int, int] | None) -> tuple[int, int]:
     """(BLOCK_C, BLOCK_S): the contiguous axis of x gets the wide side of the tile."""
     if override is not None:
@@ -713,8 +719,7 @@ def _scale(v: Tensor, small: Tensor, add: Tensor | None, like: Tensor, interpret
     """v * upsample(small) (+ gather(add)), written in the dtype and memory format of ``like``."""
     B, C, H, W = v.shape
     L = small.shape[-1]
-    # The small maps in the layout of v's tile: channel-minor when channels are the wide side.
-    fmt = torch.channels_last if _is_channels_last(v) else torch.contiguous_format
+    fmt = _small_format(v)
     small = small.contiguous(memory_format=fmt)
     add = None if add is None else add.contiguous(memory_format=fmt)
     assert add is None or add.stride() == small.stride()
@@ -787,12 +792,6 @@ def _middle_tile(C: int, L: int) -> tuple[int, int, int]:
     return bc, llp, _cdiv(C, bc)
 
 
-def _small_format(t: Tensor) -> torch.memory_format:
-    """Layout of the (B, C, L, L) maps the scale kernel reads for big tensor t: channel-minor
-    when channels are t's contiguous axis, so neighbouring channels' gathers coalesce."""
-    return torch.channels_last if _is_channels_last(t) else torch.contiguous_format
-
-
 def _fused_middle(local: Tensor, w_global: Tensor, w_local: Tensor, local_weight: float,
                   fmt: torch.memory_format, interpret: bool) -> Tensor:
     """``_middle`` in one launch: (B, C, L, L) local means -> float32 attention in layout fmt."""
@@ -835,15 +834,21 @@ def _fused_middle_backward(local: Tensor, d_small: Tensor, w_global: Tensor, w_l
     return add, d_wg.view(1, 1, kg), d_wl.view(1, 1, kl)
 
 
+def _attention_small(local: Tensor, w_global: Tensor, w_local: Tensor, local_weight: float,
+                     big: Tensor, interpret: bool) -> Tensor:
+    """The (B, C, L, L) float32 attention from the bin means, in the layout the scale kernel
+    reads for ``big``: the fused middle, or the PyTorch one (``FUSED_MIDDLE = False``)."""
+    if FUSED_MIDDLE:
+        return _fused_middle(local, w_global.contiguous(), w_local.contiguous(), local_weight,
+                             _small_format(big), interpret)
+    return _middle(local, w_global.float(), w_local.float(), local_weight).contiguous()
+
+
 def _forward(x: Tensor, w_global: Tensor, w_local: Tensor, local_size: int, local_weight: float,
              blocks: tuple[int, int] | None, interpret: bool) -> tuple[Tensor, Tensor, Tensor]:
     """(out, local, att_small): the three forward launches; the small maps for the backward."""
     local = _bin_reduce(x, None, local_size, interpret, blocks)
-    if FUSED_MIDDLE:
-        att_small = _fused_middle(local, w_global.contiguous(), w_local.contiguous(),
-                                  local_weight, _small_format(x), interpret)
-    else:
-        att_small = _middle(local, w_global.float(), w_local.float(), local_weight).contiguous()
+    att_small = _attention_small(local, w_global, w_local, local_weight, x, interpret)
     return _scale(x, att_small, None, x, interpret, blocks), local, att_small
 
 
@@ -931,11 +936,7 @@ def triton_backward_core(g: Tensor, x: Tensor, local: Tensor, w_global: Tensor, 
         return torch.zeros_like(x), torch.zeros_like(w_global), torch.zeros_like(w_local)
     with _on_device_of(x):
         interpret = _use_interpreter(x)
-        if FUSED_MIDDLE:
-            att = _fused_middle(local, w_global.contiguous(), w_local.contiguous(),
-                                float(local_weight), _small_format(g), interpret)
-        else:
-            att = _middle(local, w_global.float(), w_local.float(), local_weight).contiguous()
+        att = _attention_small(local, w_global, w_local, float(local_weight), g, interpret)
         return _backward(g, x, w_global, w_local, local, att, float(local_weight),
                          (True, True, True), None, interpret)
 
