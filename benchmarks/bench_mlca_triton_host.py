@@ -18,7 +18,7 @@ figures are an upper bound of mlca's share.
 
 Contenders, measured round-robin in one run (the order reversed every round):
 
-* ``mlca``: the default (3 launches forward, 4 backward, fused middle);
+* ``mlca``: the default (3 launches forward, 3 backward, fused middle);
 * ``triton int helpers``: the same, but with ``triton.cdiv`` / ``triton.next_power_of_2`` for
   the host-side tile and grid arithmetic, as before 2026-11-29 (``ConstexprFunction`` objects
   since Triton 3.x, ~5 us a call; mlca uses plain Python helpers and caches the tiles).

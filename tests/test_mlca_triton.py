@@ -460,8 +460,7 @@ def test_host_integer_helpers_match_tritons():
 # The (B, C, L, L) maps are float32 whatever x's dtype.
 _FP32_POINTERS = {"_triton_bin_reduce": {"out_ptr"}, "_triton_scale": {"small_ptr", "add_ptr"},
                   "_triton_bin_reduce_rows": {"out_ptr"}, "_triton_scale_rows": {"small_ptr", "add_ptr"},
-                  "_triton_middle": {"local_ptr", "d_ptr", "out_ptr", "dyg_ptr", "part_ptr"},
-                  "_triton_middle_adjoint": {"dyl_ptr", "dyg_ptr", "add_ptr"}}
+                  "_triton_middle": {"local_ptr", "d_ptr", "out_ptr", "part_ptr"}}
 
 
 def _signature(kernel: str, dtype: str, constexprs: dict) -> dict:
@@ -492,12 +491,11 @@ def _signature(kernel: str, dtype: str, constexprs: dict) -> dict:
         ("_triton_bin_reduce_rows", "fp32", dict(MODE=0, BLOCK_C=8, BLOCK_W=128, LP=8)),
         ("_triton_scale_rows", "fp16", dict(HAS_ADD=True, SPAN_H=2, SPAN_W=3, BLOCK_C=4, BLOCK_W=256, ROWS=4)),
         # The middle's pointers are all float32 maps, but for the weights (any float dtype).
-        ("_triton_middle", "fp32", dict(MODE=0, KG=5, KL=5, BLOCK_C=32, LLP=32)),
-        ("_triton_middle", "fp16", dict(MODE=1, KG=3, KL=7, BLOCK_C=16, LLP=64)),
-        ("_triton_middle_adjoint", "fp32", dict(KG=5, KL=3, BLOCK_C=32, LLP=32)),
+        ("_triton_middle", "fp32", dict(MODE=0, HAS_ADD=False, KG=5, KL=5, BLOCK_C=32, LLP=32, H=1, W=1)),
+        ("_triton_middle", "fp16", dict(MODE=1, HAS_ADD=True, KG=3, KL=7, BLOCK_C=16, LLP=64)),
+        ("_triton_middle", "bf16", dict(MODE=1, HAS_ADD=False, KG=5, KL=3, BLOCK_C=32, LLP=32)),
         # Triton turns integer arguments equal to 1 into constants: L = 1, C = 1, H = W = 1.
-        ("_triton_middle", "fp32", dict(MODE=1, KG=1, KL=1, BLOCK_C=1, LLP=1, L=1, C=1)),
-        ("_triton_middle_adjoint", "fp32", dict(KG=1, KL=1, BLOCK_C=1, LLP=1, L=1, C=1, H=1, W=1)),
+        ("_triton_middle", "fp32", dict(MODE=1, HAS_ADD=True, KG=1, KL=1, BLOCK_C=1, LLP=1, L=1, C=1, H=1, W=1)),
     ],
 )
 def test_kernels_compile_for_a_gpu_without_one(kernel, dtype, constexprs):

@@ -37,13 +37,14 @@ no atomics are used, so results are bit-identical across runs and
 
 The ``(B, C, L, L)`` middle (two conv1d, sigmoid, mix) is a few bytes but, as PyTorch ops, ~12
 launches forward and ~30 backward, which dominated the time at YOLO shapes on an H100
-(docs/triton.md). It is fused: ``_triton_middle`` computes it in one launch per direction
-(each program owns a block of channels and all their bins, and reads the neighbours its conv
-taps need straight from the L2-resident means; the backward recomputes the sigmoids and writes
-per-program partial sums of the weight gradients, added on the host in a fixed order), and
-``_triton_middle_adjoint`` takes dLoss/dlocal back through both convs, already divided by the
-bin sizes for the scale kernel. Forward: 3 launches; backward: 4 (``FUSED_MIDDLE = False``
-keeps the PyTorch middle, with its backward by autograd on a recomputed copy, for comparison).
+(docs/triton.md). It is fused: ``_triton_middle`` computes it in one launch per direction.
+Each program owns a block of channels and all their bins, and reads the neighbours its conv
+taps need straight from the L2-resident means; the backward recomputes the sigmoids, writes
+per-program partial sums of the weight gradients (added on the host in a fixed order) and takes
+dLoss/dlocal back through both convs, already divided by the bin sizes for the scale kernel,
+recomputing the neighbours' conv gradients instead of waiting for the programs that own them.
+Forward: 3 launches; backward: 3 (``FUSED_MIDDLE = False`` keeps the PyTorch middle, with its
+backward by autograd on a recomputed copy, for comparison).
 
 Kernels run compiled on CUDA tensors, and on CPU tensors through Triton's interpreter when
 ``TRITON_INTERPRET=1`` is set (read at call time, so tests can scope it with
@@ -372,27 +373,37 @@ def _triton_scale_rows(
 
 
 def _triton_middle(
-    local_ptr, wg_ptr, wl_ptr, d_ptr, out_ptr, dyg_ptr, part_ptr,
-    C, L, n_cblk, inv_ll, local_weight,
+    local_ptr, wg_ptr, wl_ptr, d_ptr, out_ptr, part_ptr,
+    C, H, W, L, n_cblk, inv_ll, local_weight,
     so_b, so_c, so_r, so_q,
-    MODE: tl.constexpr, KG: tl.constexpr, KL: tl.constexpr, BLOCK_C: tl.constexpr,
-    LLP: tl.constexpr,
+    MODE: tl.constexpr, HAS_ADD: tl.constexpr, KG: tl.constexpr, KL: tl.constexpr,
+    BLOCK_C: tl.constexpr, LLP: tl.constexpr,
 ):
     """The (B, C, L, L) middle for one (sample, block of channels), all L*L bins, one launch.
 
     local: (B, C, L, L) bin means, contiguous. With ``t = bin * C + c`` the bin-major,
-    channel-minor sequence of the seed, ``glob[c]`` the mean of channel c's bins, zero padding::
+    channel-minor sequence of the seed, ``glob[c]`` the mean of channel c's bins, zero padding,
+    ``rl = (KL-1)/2``, ``rg = (KG-1)/2``::
 
-        yl[t] = sum_d wl[d] * local[t + d - (KL-1)/2]
-        yg[c] = sum_d wg[d] * glob[c + d - (KG-1)/2]
+        yl[t] = sum_d wl[d] * local[t + d - rl]
+        yg[c] = sum_d wg[d] * glob[c + d - rg]
         att   = sigmoid(yg) * (1 - lw) + sigmoid(yl) * lw
 
     MODE 0 (forward): writes att to out (strides so_*: the layout the scale kernel reads).
-    MODE 1 (backward, d = dLoss/d att, contiguous): writes dyl = dLoss/d yl (contiguous, like
-    local) to out, dyg = dLoss/d yg (B, C) to dyg_ptr, and this program's share of the weight
-    gradients, ``sum dyg * glob[c + d - r]`` then ``sum dyl * local[t + d - r]``, to
-    part_ptr[pid, :KG + KL] (summed over programs on the host, in a fixed order). Every
-    neighbour a tap needs is read from ``local`` (L2-resident), so no program waits on another.
+
+    MODE 1 (backward; d = dLoss/d att, contiguous): with ``dyl``, ``dyg`` = dLoss/d yl, yg,
+    writes this program's share of the weight gradients, ``sum dyg[c] * glob[c + d - rg]`` then
+    ``sum dyl[t] * local[t + d - rl]``, to part_ptr[pid, :KG + KL] (summed over programs on the
+    host, in a fixed order: no atomics), and when HAS_ADD, dLoss/d local through both convs (their
+    adjoints: taps reversed) divided by the pooling-bin sizes, the weights the scale kernel
+    gathers, to out (strides so_*)::
+
+        add[t] = (sum_d wl[d] * dyl[t - d + rl] + sum_d wg[d] * dyg[c - d + rg] / (L*L))
+                 / (rows of t's bin * columns of t's bin)
+
+    The neighbours' dyl and dyg belong to other programs: they are recomputed here from local and
+    d (L2-resident, a few KiB per sample), so no program waits on another and the backward's
+    middle is one launch.
     """
     pid = tl.program_id(0)
     cb = pid % n_cblk
@@ -404,6 +415,8 @@ def _triton_middle(
     mask_p = p < LL
     m2 = mask_c[:, None] & mask_p[None, :]
     base = local_ptr + bi * C * LL
+    t = p[None, :] * C + c[:, None]
+    n_seq = LL * C
 
     yg = tl.full((BLOCK_C,), 0.0, tl.float32)
     for d in tl.static_range(KG):
@@ -413,9 +426,6 @@ def _triton_middle(
                     other=0.0)
         glob = tl.reduce(v, 1, tl.standard._sum_combine) * inv_ll
         yg += tl.load(wg_ptr + d).to(tl.float32) * glob
-
-    t = p[None, :] * C + c[:, None]
-    n_seq = LL * C
     yl = tl.full((BLOCK_C, LLP), 0.0, tl.float32)
     for d in tl.static_range(KL):
         tt = t + (d - (KL - 1) // 2)
@@ -423,21 +433,19 @@ def _triton_middle(
         tt = tl.where(ok, tt, 0)
         v = tl.load(base + (tt % C) * LL + tt // C, mask=ok, other=0.0)
         yl += tl.load(wl_ptr + d).to(tl.float32) * v
-
     sg = 1.0 / (1.0 + tl.exp(-yg))
     sl = 1.0 / (1.0 + tl.exp(-yl))
+
     if MODE == 0:
         att = sg[:, None] * (1.0 - local_weight) + sl * local_weight
         sp = (p // L) * so_r + (p % L) * so_q
         tl.store(out_ptr + bi * so_b + c[:, None] * so_c + sp[None, :], att, mask=m2)
     else:
-        own = bi * C * LL + c[:, None] * LL + p[None, :]
-        da = tl.load(d_ptr + own, mask=m2, other=0.0)
+        d_base = d_ptr + bi * C * LL
+        da = tl.load(d_base + c[:, None] * LL + p[None, :], mask=m2, other=0.0)
         dyl = tl.where(m2, da * local_weight * sl * (1.0 - sl), 0.0)
         dyg = tl.reduce(da, 1, tl.standard._sum_combine) * (1.0 - local_weight) * sg * (1.0 - sg)
         dyg = tl.where(mask_c, dyg, 0.0)
-        tl.store(out_ptr + own, dyl, mask=m2)
-        tl.store(dyg_ptr + bi * C + c, dyg, mask=mask_c)
         part = part_ptr + pid * (KG + KL)
         for d in tl.static_range(KG):
             cc = c + (d - (KG - 1) // 2)
@@ -455,54 +463,57 @@ def _triton_middle(
             s = tl.reduce(tl.where(ok, dyl * v, 0.0), 1, tl.standard._sum_combine)
             tl.store(part + KG + d, tl.reduce(s, 0, tl.standard._sum_combine))
 
-
-def _triton_middle_adjoint(
-    dyl_ptr, dyg_ptr, wg_ptr, wl_ptr, add_ptr,
-    C, H, W, L, n_cblk, inv_ll,
-    so_b, so_c, so_r, so_q,
-    KG: tl.constexpr, KL: tl.constexpr, BLOCK_C: tl.constexpr, LLP: tl.constexpr,
-):
-    """dLoss/d local through both conv1d (their adjoints: the taps reversed), pre-divided by the
-    pooling-bin sizes for the scale kernel's gather: add = P-adjoint weights, strides so_*.
-
-    dyl: (B, C, L, L) contiguous, dyg: (B, C), from ``_triton_middle`` MODE 1::
-
-        dlocal[t] = sum_d wl[d] * dyl[t - d + (KL-1)/2]
-                  + sum_d wg[d] * dyg[c - d + (KG-1)/2] / (L*L)
-    """
-    pid = tl.program_id(0)
-    cb = pid % n_cblk
-    bi = (pid // n_cblk).to(tl.int64)
-    LL = L * L
-    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    p = tl.arange(0, LLP)
-    mask_c = c < C
-    m2 = mask_c[:, None] & (p < LL)[None, :]
-
-    dg = tl.full((BLOCK_C,), 0.0, tl.float32)
-    for d in tl.static_range(KG):
-        cc = c - (d - (KG - 1) // 2)
-        ok = (cc >= 0) & (cc < C)
-        v = tl.load(dyg_ptr + bi * C + cc, mask=ok, other=0.0)
-        dg += tl.load(wg_ptr + d).to(tl.float32) * v
-
-    t = p[None, :] * C + c[:, None]
-    n_seq = LL * C
-    acc = tl.full((BLOCK_C, LLP), 0.0, tl.float32)
-    dyl_base = dyl_ptr + bi * C * LL
-    for d in tl.static_range(KL):
-        tt = t - (d - (KL - 1) // 2)
-        ok = m2 & (tt >= 0) & (tt < n_seq)
-        tt = tl.where(ok, tt, 0)
-        acc += tl.load(wl_ptr + d).to(tl.float32) * tl.load(dyl_base + (tt % C) * LL + tt // C,
-                                                             mask=ok, other=0.0)
-
-    r = p // L
-    q = p % L
-    n_rows = ((r + 1) * H + L - 1) // L - (r * H) // L
-    n_cols = ((q + 1) * W + L - 1) // L - (q * W) // L
-    add = (acc + (dg * inv_ll)[:, None]) * (1.0 / (n_rows * n_cols).to(tl.float32))[None, :]
-    tl.store(add_ptr + bi * so_b + c[:, None] * so_c + (r * so_r + q * so_q)[None, :], add, mask=m2)
+        if HAS_ADD:
+            # Global conv's adjoint: dyg of channel c - d + rg, recomputed when not our own.
+            dg = tl.full((BLOCK_C,), 0.0, tl.float32)
+            for d in tl.static_range(KG):
+                if d == (KG - 1) // 2:
+                    dyg_n = dyg
+                else:
+                    cn = c - (d - (KG - 1) // 2)
+                    ok_n = (cn >= 0) & (cn < C)
+                    yg_n = tl.full((BLOCK_C,), 0.0, tl.float32)
+                    for e in tl.static_range(KG):
+                        ce = cn + (e - (KG - 1) // 2)
+                        ok = ok_n & (ce >= 0) & (ce < C)
+                        v = tl.load(base + ce[:, None] * LL + p[None, :],
+                                    mask=ok[:, None] & mask_p[None, :], other=0.0)
+                        yg_n += tl.load(wg_ptr + e).to(tl.float32) * (
+                            tl.reduce(v, 1, tl.standard._sum_combine) * inv_ll)
+                    sg_n = 1.0 / (1.0 + tl.exp(-yg_n))
+                    da_n = tl.load(d_base + cn[:, None] * LL + p[None, :],
+                                   mask=ok_n[:, None] & mask_p[None, :], other=0.0)
+                    # Zero outside 0 <= cn < C: da_n is.
+                    dyg_n = (tl.reduce(da_n, 1, tl.standard._sum_combine) * (1.0 - local_weight)
+                             * sg_n * (1.0 - sg_n))
+                dg += tl.load(wg_ptr + d).to(tl.float32) * dyg_n
+            # Local conv's adjoint: dyl at sequence position t - d + rl, recomputed likewise.
+            acc = tl.full((BLOCK_C, LLP), 0.0, tl.float32)
+            for d in tl.static_range(KL):
+                if d == (KL - 1) // 2:
+                    dyl_n = dyl
+                else:
+                    tn = t - (d - (KL - 1) // 2)
+                    ok_n = m2 & (tn >= 0) & (tn < n_seq)
+                    yl_n = tl.full((BLOCK_C, LLP), 0.0, tl.float32)
+                    for e in tl.static_range(KL):
+                        te = tn + (e - (KL - 1) // 2)
+                        ok = ok_n & (te >= 0) & (te < n_seq)
+                        te = tl.where(ok, te, 0)
+                        yl_n += tl.load(wl_ptr + e).to(tl.float32) * tl.load(
+                            base + (te % C) * LL + te // C, mask=ok, other=0.0)
+                    sl_n = 1.0 / (1.0 + tl.exp(-yl_n))
+                    tn = tl.where(ok_n, tn, 0)
+                    da_n = tl.load(d_base + (tn % C) * LL + tn // C, mask=ok_n, other=0.0)
+                    dyl_n = da_n * local_weight * sl_n * (1.0 - sl_n)
+                acc += tl.load(wl_ptr + d).to(tl.float32) * dyl_n
+            r = p // L
+            q = p % L
+            n_rows = ((r + 1) * H + L - 1) // L - (r * H) // L
+            n_cols = ((q + 1) * W + L - 1) // L - (q * W) // L
+            add = (acc + (dg * inv_ll)[:, None]) * (1.0 / (n_rows * n_cols).to(tl.float32))[None, :]
+            tl.store(out_ptr + bi * so_b + c[:, None] * so_c + (r * so_r + q * so_q)[None, :], add,
+                     mask=m2)
 
 
 _KERNEL_CACHE: dict[tuple[str, bool], Callable] = {}
@@ -616,8 +627,8 @@ TUNING: dict[str, tuple[int, ...]] = {
 # "rows": the (channel, column)-tile kernels; "flat": the flat-pixel kernels. Kept switchable
 # for the benchmark's comparison.
 ALGO = "rows"
-# The (B, C, L, L) middle as two Triton kernels (``_triton_middle``, ``_triton_middle_adjoint``):
-# forward 3 launches in all, backward 4, instead of ~12 and ~30 PyTorch ops that left the GPU
+# The (B, C, L, L) middle as one Triton kernel (``_triton_middle``) per direction: forward 3
+# launches in all, backward 3, instead of ~12 and ~30 PyTorch ops that left the GPU
 # waiting on the host at the YOLO shapes (docs/triton.md). False: the PyTorch middle, for the
 # benchmark's comparison.
 FUSED_MIDDLE = True
@@ -798,9 +809,11 @@ def _fused_middle(local: Tensor, w_global: Tensor, w_local: Tensor, local_weight
     B, C, L, _ = local.shape
     att = torch.empty((B, C, L, L), device=local.device, dtype=torch.float32, memory_format=fmt)
     bc, llp, n_cblk = _middle_tile(C, L)
+    # H = W = 1: unused in MODE 0, a fixed value keeps one compiled variant.
     _kernel(_triton_middle, interpret)[(B * n_cblk,)](
-        local, w_global, w_local, local, att, att, att, C, L, n_cblk, 1.0 / (L * L), local_weight,
-        *att.stride(), MODE=0, KG=w_global.shape[-1], KL=w_local.shape[-1], BLOCK_C=bc, LLP=llp,
+        local, w_global, w_local, local, att, att, C, 1, 1, L, n_cblk, 1.0 / (L * L), local_weight,
+        *att.stride(), MODE=0, HAS_ADD=False, KG=w_global.shape[-1], KL=w_local.shape[-1],
+        BLOCK_C=bc, LLP=llp,
     )
     return att
 
@@ -813,24 +826,17 @@ def _fused_middle_backward(local: Tensor, d_small: Tensor, w_global: Tensor, w_l
     B, C, L, _ = local.shape
     kg, kl = w_global.shape[-1], w_local.shape[-1]
     bc, llp, n_cblk = _middle_tile(C, L)
-    dyl = torch.empty_like(d_small)
-    dyg = torch.empty((B, C), device=local.device, dtype=torch.float32)
     part = torch.empty((B * n_cblk, kg + kl), device=local.device, dtype=torch.float32)
-    inv_ll = 1.0 / (L * L)
+    add = torch.empty_like(like) if like is not None else None
+    # Without HAS_ADD the kernel writes no add: out and its strides are placeholders.
+    out, strides = (add, add.stride()) if add is not None else (part, (0, 0, 0, 0))
     _kernel(_triton_middle, interpret)[(B * n_cblk,)](
-        local, w_global, w_local, d_small, dyl, dyg, part, C, L, n_cblk, inv_ll, local_weight,
-        0, 0, 0, 0, MODE=1, KG=kg, KL=kl, BLOCK_C=bc, LLP=llp,
+        local, w_global, w_local, d_small, out, part, C, H, W, L, n_cblk, 1.0 / (L * L),
+        local_weight, *strides, MODE=1, HAS_ADD=add is not None, KG=kg, KL=kl, BLOCK_C=bc, LLP=llp,
     )
     # Per-program partial sums, added in a fixed order: deterministic, no atomics. (Two sums, not
     # views of one: the custom op's outputs may not alias each other.)
     d_wg, d_wl = part[:, :kg].sum(0), part[:, kg:].sum(0)
-    add = None
-    if like is not None:
-        add = torch.empty_like(like)
-        _kernel(_triton_middle_adjoint, interpret)[(B * n_cblk,)](
-            dyl, dyg, w_global, w_local, add, C, H, W, L, n_cblk, inv_ll, *add.stride(),
-            KG=kg, KL=kl, BLOCK_C=bc, LLP=llp,
-        )
     return add, d_wg.view(1, 1, kg), d_wl.view(1, 1, kl)
 
 
