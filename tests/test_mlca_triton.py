@@ -512,6 +512,34 @@ def test_kernels_compile_for_a_gpu_without_one(kernel, dtype, constexprs):
     assert compiled.asm["cubin"]  # a loadable binary came out of ptxas
 
 
+@pytest.mark.parametrize("direction,C,L,k", [("forward", 256, 5, 7), ("backward", 256, 5, 5),
+                                             ("backward", 256, 5, 7), ("backward", 128, 7, 7),
+                                             ("backward", 3, 23, 3)])
+def test_middle_kernel_does_not_spill_at_the_tiles_mlca_picks(monkeypatch, capsys, direction, C, L, k):
+    """The backward mode recomputes its neighbours' conv gradients: many gathered tiles live at
+    once. At the tiles ``_middle_tile`` picks, ptxas (Triton's own call, its log) spills none."""
+    import re
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import JITFunction
+
+    bc, llp, _, warps = mt._middle_tile(C, L, direction)
+    constexprs = dict(MODE=int(direction == "backward"), HAS_ADD=direction == "backward", KG=k, KL=k,
+                      BLOCK_C=bc, LLP=llp)
+    src = ASTSource(fn=JITFunction(mt._triton_middle), constexprs=constexprs,
+                    signature=_signature("_triton_middle", "fp32", constexprs))
+    monkeypatch.setattr(triton.knobs.nvidia, "dump_ptxas_log", True)
+    monkeypatch.setattr(triton.knobs.compilation, "always_compile", True)  # a cache hit runs no ptxas
+    capsys.readouterr()
+    triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
+    log = capsys.readouterr().out
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    assert spills, log  # the log was captured
+    assert all(st == "0" and ld == "0" for st, ld in spills), log
+
+
 # ------------------------------------------------------------------------------------------
 # The compiled kernels on a real GPU (skipped without CUDA): same float64 reference, CPU-side.
 # ------------------------------------------------------------------------------------------

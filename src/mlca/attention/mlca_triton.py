@@ -794,13 +794,25 @@ def _no_tf32():
                    allow_tf32=False)
 
 
+# Elements of the (channels, bins) tile one middle program holds. The backward mode gathers
+# about (KL + 1)**2 + (KG + 1)**2 such tiles (the neighbours' conv gradients are recomputed):
+# at 1024 elements and 4 warps ptxas needed all 255 registers and spilled 0.4-2.9 KiB per thread
+# for 5 and 7 taps (sm_90); 256 elements spill nothing up to 7 taps (<= 150 registers), and
+# neither does the forward at 1024 (<= 141). tests/test_mlca_triton.py checks ptxas' report.
+MIDDLE_TILE = {"forward": 1024, "backward": 256}
+
+
 @lru_cache(maxsize=1024)
-def _middle_tile(C: int, L: int) -> tuple[int, int, int]:
-    """(BLOCK_C, LLP, n_cblk) of the middle kernels: all L*L bins of a block of channels, about
-    1024 elements per program (the work is tiny; this keeps several programs per sample)."""
+def _middle_tile(C: int, L: int, direction: str) -> tuple[int, int, int, int]:
+    """(BLOCK_C, LLP, n_cblk, num_warps) of the middle kernel: all L*L bins of a block of
+    channels, about ``MIDDLE_TILE[direction]`` elements per program (the work is tiny; this keeps
+    several programs per sample). Warps grow with the tile only where L*L alone is wider (L > 16
+    backward, L > 32 forward), to keep the per-thread share and so the registers as measured."""
+    budget = MIDDLE_TILE[direction]
     llp = _next_pow2(L * L)
-    bc = max(1, min(_next_pow2(C), 1024 // llp))
-    return bc, llp, _cdiv(C, bc)
+    bc = max(1, min(_next_pow2(C), budget // llp))
+    warps = max(4, min(16, 4 * (bc * llp) // budget))
+    return bc, llp, _cdiv(C, bc), warps
 
 
 def _fused_middle(local: Tensor, w_global: Tensor, w_local: Tensor, local_weight: float,
@@ -808,12 +820,12 @@ def _fused_middle(local: Tensor, w_global: Tensor, w_local: Tensor, local_weight
     """``_middle`` in one launch: (B, C, L, L) local means -> float32 attention in layout fmt."""
     B, C, L, _ = local.shape
     att = torch.empty((B, C, L, L), device=local.device, dtype=torch.float32, memory_format=fmt)
-    bc, llp, n_cblk = _middle_tile(C, L)
+    bc, llp, n_cblk, warps = _middle_tile(C, L, "forward")
     # H = W = 1: unused in MODE 0, a fixed value keeps one compiled variant.
     _kernel(_triton_middle, interpret)[(B * n_cblk,)](
         local, w_global, w_local, local, att, att, C, 1, 1, L, n_cblk, 1.0 / (L * L), local_weight,
         *att.stride(), MODE=0, HAS_ADD=False, KG=w_global.shape[-1], KL=w_local.shape[-1],
-        BLOCK_C=bc, LLP=llp,
+        BLOCK_C=bc, LLP=llp, num_warps=warps,
     )
     return att
 
@@ -825,7 +837,7 @@ def _fused_middle_backward(local: Tensor, d_small: Tensor, w_global: Tensor, w_l
     None when like is None; dLoss/d w_global; dLoss/d w_local), both weight gradients float32."""
     B, C, L, _ = local.shape
     kg, kl = w_global.shape[-1], w_local.shape[-1]
-    bc, llp, n_cblk = _middle_tile(C, L)
+    bc, llp, n_cblk, warps = _middle_tile(C, L, "backward")
     part = torch.empty((B * n_cblk, kg + kl), device=local.device, dtype=torch.float32)
     add = torch.empty_like(like) if like is not None else None
     # Without HAS_ADD the kernel writes no add: out and its strides are placeholders.
@@ -833,6 +845,7 @@ def _fused_middle_backward(local: Tensor, d_small: Tensor, w_global: Tensor, w_l
     _kernel(_triton_middle, interpret)[(B * n_cblk,)](
         local, w_global, w_local, d_small, out, part, C, H, W, L, n_cblk, 1.0 / (L * L),
         local_weight, *strides, MODE=1, HAS_ADD=add is not None, KG=kg, KL=kl, BLOCK_C=bc, LLP=llp,
+        num_warps=warps,
     )
     # Per-program partial sums, added in a fixed order: deterministic, no atomics. (Two sums, not
     # views of one: the custom op's outputs may not alias each other.)
