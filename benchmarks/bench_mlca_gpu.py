@@ -333,8 +333,9 @@ def tune(dtype: torch.dtype, copy_gbs: float) -> None:
         return mt._fused_middle(loc_, wg_, wl_, 0.5, torch.contiguous_format, False)
 
     def fused_fwdbwd() -> tuple:
-        att = fused_fwd()
-        return mt._fused_middle_backward(loc_, g, wg_, wl_, 0.5, att, 160, 160, False)
+        fused_fwd()
+        return mt._fused_middle_backward(loc_, g, wg_, wl_, 0.5, torch.contiguous_format, 160, 160,
+                                         False)
 
     middles = [("fused triton", fused_fwd, fused_fwdbwd)]
     for label, fn in (("pytorch ops", lambda: mt._middle(local, wg, wl, 0.5)),

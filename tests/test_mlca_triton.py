@@ -227,18 +227,23 @@ def test_fused_middle_matches_reference(B, C, L, H, W, kg, kl, lw, cl, seed):
     want = _reference_middle(ld, wgd, wld, lw)
     torch.testing.assert_close(att.double(), want.detach(), rtol=1e-5, atol=1e-6)
 
-    like = torch.empty(B, C, L, L).contiguous(memory_format=fmt)
-    add, gwg, gwl = mt._fused_middle_backward(local, d_att, wg, wl, lw, like, H, W, True)
+    att_b, add, gwg, gwl = mt._fused_middle_backward(local, d_att, wg, wl, lw, fmt, H, W, True)
     r_local, r_wg, r_wl = torch.autograd.grad(want, (ld, wgd, wld), d_att.double())
+    # The backward recomputes att for pass 2, in the scale kernel's layout, with add.
+    assert att_b.is_contiguous(memory_format=fmt) and add.stride() == att_b.stride()
+    torch.testing.assert_close(att_b.double(), want.detach(), rtol=1e-5, atol=1e-6)
     # add = dLoss/d local divided by the size of each pooling bin (the scale kernel gathers it).
     rows = torch.tensor([he - hs for hs, he in _bins(H, L)], dtype=torch.float64)
     cols = torch.tensor([we - ws for ws, we in _bins(W, L)], dtype=torch.float64)
-    assert add.stride() == like.stride()
     torch.testing.assert_close(add.double(), r_local / (rows[:, None] * cols[None, :]),
                                rtol=1e-5, atol=1e-6)
     for got, ref in ((gwg, r_wg), (gwl, r_wl)):
         assert got.shape == ref.shape
         torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5 * (1 + ref.abs().max().item()))
+    # Weight gradients only (x frozen): nothing for pass 2, the same weight gradients.
+    none_att, none_add, gwg2, gwl2 = mt._fused_middle_backward(local, d_att, wg, wl, lw, None, H, W, True)
+    assert none_att is None and none_add is None
+    assert torch.equal(gwg2, gwg) and torch.equal(gwl2, gwl)
 
 
 @pytest.mark.parametrize("algo,cols,fused", [("rows", False, False), ("rows", True, True),
@@ -460,7 +465,7 @@ def test_host_integer_helpers_match_tritons():
 # The (B, C, L, L) maps are float32 whatever x's dtype.
 _FP32_POINTERS = {"_triton_bin_reduce": {"out_ptr"}, "_triton_scale": {"small_ptr", "add_ptr"},
                   "_triton_bin_reduce_rows": {"out_ptr"}, "_triton_scale_rows": {"small_ptr", "add_ptr"},
-                  "_triton_middle": {"local_ptr", "d_ptr", "out_ptr", "part_ptr"}}
+                  "_triton_middle": {"local_ptr", "d_ptr", "att_ptr", "add_ptr", "part_ptr"}}
 
 
 def _signature(kernel: str, dtype: str, constexprs: dict) -> dict:
@@ -491,11 +496,11 @@ def _signature(kernel: str, dtype: str, constexprs: dict) -> dict:
         ("_triton_bin_reduce_rows", "fp32", dict(MODE=0, BLOCK_C=8, BLOCK_W=128, LP=8)),
         ("_triton_scale_rows", "fp16", dict(HAS_ADD=True, SPAN_H=2, SPAN_W=3, BLOCK_C=4, BLOCK_W=256, ROWS=4)),
         # The middle's pointers are all float32 maps, but for the weights (any float dtype).
-        ("_triton_middle", "fp32", dict(MODE=0, HAS_ADD=False, KG=5, KL=5, BLOCK_C=32, LLP=32, H=1, W=1)),
-        ("_triton_middle", "fp16", dict(MODE=1, HAS_ADD=True, KG=3, KL=7, BLOCK_C=16, LLP=64)),
-        ("_triton_middle", "bf16", dict(MODE=1, HAS_ADD=False, KG=5, KL=3, BLOCK_C=32, LLP=32)),
+        ("_triton_middle", "fp32", dict(MODE=0, GRAD_X=False, KG=5, KL=5, BLOCK_C=32, LLP=32, H=1, W=1)),
+        ("_triton_middle", "fp16", dict(MODE=1, GRAD_X=True, KG=3, KL=7, BLOCK_C=16, LLP=64)),
+        ("_triton_middle", "bf16", dict(MODE=1, GRAD_X=False, KG=5, KL=3, BLOCK_C=32, LLP=32)),
         # Triton turns integer arguments equal to 1 into constants: L = 1, C = 1, H = W = 1.
-        ("_triton_middle", "fp32", dict(MODE=1, HAS_ADD=True, KG=1, KL=1, BLOCK_C=1, LLP=1, L=1, C=1, H=1, W=1)),
+        ("_triton_middle", "fp32", dict(MODE=1, GRAD_X=True, KG=1, KL=1, BLOCK_C=1, LLP=1, L=1, C=1, H=1, W=1)),
     ],
 )
 def test_kernels_compile_for_a_gpu_without_one(kernel, dtype, constexprs):
@@ -526,7 +531,7 @@ def test_middle_kernel_does_not_spill_at_the_tiles_mlca_picks(monkeypatch, capsy
     from triton.runtime.jit import JITFunction
 
     bc, llp, _, warps = mt._middle_tile(C, L, direction)
-    constexprs = dict(MODE=int(direction == "backward"), HAS_ADD=direction == "backward", KG=k, KL=k,
+    constexprs = dict(MODE=int(direction == "backward"), GRAD_X=direction == "backward", KG=k, KL=k,
                       BLOCK_C=bc, LLP=llp)
     src = ASTSource(fn=JITFunction(mt._triton_middle), constexprs=constexprs,
                     signature=_signature("_triton_middle", "fp32", constexprs))

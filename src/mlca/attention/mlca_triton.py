@@ -373,10 +373,10 @@ def _triton_scale_rows(
 
 
 def _triton_middle(
-    local_ptr, wg_ptr, wl_ptr, d_ptr, out_ptr, part_ptr,
+    local_ptr, wg_ptr, wl_ptr, d_ptr, att_ptr, add_ptr, part_ptr,
     C, H, W, L, n_cblk, inv_ll, local_weight,
     so_b, so_c, so_r, so_q,
-    MODE: tl.constexpr, HAS_ADD: tl.constexpr, KG: tl.constexpr, KL: tl.constexpr,
+    MODE: tl.constexpr, GRAD_X: tl.constexpr, KG: tl.constexpr, KL: tl.constexpr,
     BLOCK_C: tl.constexpr, LLP: tl.constexpr,
 ):
     """The (B, C, L, L) middle for one (sample, block of channels), all L*L bins, one launch.
@@ -389,14 +389,15 @@ def _triton_middle(
         yg[c] = sum_d wg[d] * glob[c + d - rg]
         att   = sigmoid(yg) * (1 - lw) + sigmoid(yl) * lw
 
-    MODE 0 (forward): writes att to out (strides so_*: the layout the scale kernel reads).
+    MODE 0 (forward): writes att (strides so_*: the layout the scale kernel reads).
 
     MODE 1 (backward; d = dLoss/d att, contiguous): with ``dyl``, ``dyg`` = dLoss/d yl, yg,
     writes this program's share of the weight gradients, ``sum dyg[c] * glob[c + d - rg]`` then
     ``sum dyl[t] * local[t + d - rl]``, to part_ptr[pid, :KG + KL] (summed over programs on the
-    host, in a fixed order: no atomics), and when HAS_ADD, dLoss/d local through both convs (their
-    adjoints: taps reversed) divided by the pooling-bin sizes, the weights the scale kernel
-    gathers, to out (strides so_*)::
+    host, in a fixed order: no atomics), and when GRAD_X, what the scale kernel needs for dLoss/dx
+    (strides so_*): att again (recomputed; the forward keeps nothing but the means) and ``add``,
+    dLoss/d local through both convs (their adjoints: taps reversed) divided by the pooling-bin
+    sizes::
 
         add[t] = (sum_d wl[d] * dyl[t - d + rl] + sum_d wg[d] * dyg[c - d + rg] / (L*L))
                  / (rows of t's bin * columns of t's bin)
@@ -436,11 +437,13 @@ def _triton_middle(
     sg = 1.0 / (1.0 + tl.exp(-yg))
     sl = 1.0 / (1.0 + tl.exp(-yl))
 
-    if MODE == 0:
+    r = p // L
+    q = p % L
+    small_off = bi * so_b + c[:, None] * so_c + (r * so_r + q * so_q)[None, :]
+    if MODE == 0 or GRAD_X:
         att = sg[:, None] * (1.0 - local_weight) + sl * local_weight
-        sp = (p // L) * so_r + (p % L) * so_q
-        tl.store(out_ptr + bi * so_b + c[:, None] * so_c + sp[None, :], att, mask=m2)
-    else:
+        tl.store(att_ptr + small_off, att, mask=m2)
+    if MODE == 1:
         d_base = d_ptr + bi * C * LL
         da = tl.load(d_base + c[:, None] * LL + p[None, :], mask=m2, other=0.0)
         dyl = tl.where(m2, da * local_weight * sl * (1.0 - sl), 0.0)
@@ -463,7 +466,7 @@ def _triton_middle(
             s = tl.reduce(tl.where(ok, dyl * v, 0.0), 1, tl.standard._sum_combine)
             tl.store(part + KG + d, tl.reduce(s, 0, tl.standard._sum_combine))
 
-        if HAS_ADD:
+        if GRAD_X:
             # Global conv's adjoint: dyg of channel c - d + rg, recomputed when not our own.
             dg = tl.full((BLOCK_C,), 0.0, tl.float32)
             for d in tl.static_range(KG):
@@ -507,13 +510,10 @@ def _triton_middle(
                     da_n = tl.load(d_base + (tn % C) * LL + tn // C, mask=ok_n, other=0.0)
                     dyl_n = da_n * local_weight * sl_n * (1.0 - sl_n)
                 acc += tl.load(wl_ptr + d).to(tl.float32) * dyl_n
-            r = p // L
-            q = p % L
             n_rows = ((r + 1) * H + L - 1) // L - (r * H) // L
             n_cols = ((q + 1) * W + L - 1) // L - (q * W) // L
             add = (acc + (dg * inv_ll)[:, None]) * (1.0 / (n_rows * n_cols).to(tl.float32))[None, :]
-            tl.store(out_ptr + bi * so_b + c[:, None] * so_c + (r * so_r + q * so_q)[None, :], add,
-                     mask=m2)
+            tl.store(add_ptr + small_off, add, mask=m2)
 
 
 _KERNEL_CACHE: dict[tuple[str, bool], Callable] = {}
@@ -823,34 +823,41 @@ def _fused_middle(local: Tensor, w_global: Tensor, w_local: Tensor, local_weight
     bc, llp, n_cblk, warps = _middle_tile(C, L, "forward")
     # H = W = 1: unused in MODE 0, a fixed value keeps one compiled variant.
     _kernel(_triton_middle, interpret)[(B * n_cblk,)](
-        local, w_global, w_local, local, att, att, C, 1, 1, L, n_cblk, 1.0 / (L * L), local_weight,
-        *att.stride(), MODE=0, HAS_ADD=False, KG=w_global.shape[-1], KL=w_local.shape[-1],
+        local, w_global, w_local, local, att, att, att, C, 1, 1, L, n_cblk, 1.0 / (L * L),
+        local_weight, *att.stride(), MODE=0, GRAD_X=False, KG=w_global.shape[-1], KL=w_local.shape[-1],
         BLOCK_C=bc, LLP=llp, num_warps=warps,
     )
     return att
 
 
 def _fused_middle_backward(local: Tensor, d_small: Tensor, w_global: Tensor, w_local: Tensor,
-                           local_weight: float, like: Tensor | None, H: int, W: int,
-                           interpret: bool) -> tuple[Tensor | None, Tensor, Tensor]:
-    """Backward of the middle: (the scale kernel's pooling-adjoint weights in like's layout, or
-    None when like is None; dLoss/d w_global; dLoss/d w_local), both weight gradients float32."""
+                           local_weight: float, fmt: torch.memory_format | None, H: int, W: int,
+                           interpret: bool
+                           ) -> tuple[Tensor | None, Tensor | None, Tensor, Tensor]:
+    """Backward of the middle, one launch: (att, add, dLoss/d w_global, dLoss/d w_local).
+
+    att (the forward's small attention, recomputed) and add (the scale kernel's pooling-adjoint
+    weights) are float32 (B, C, L, L) in layout fmt, what pass 2 over g reads; both None when
+    fmt is None (no dLoss/dx wanted). The weight gradients are float32."""
     B, C, L, _ = local.shape
     kg, kl = w_global.shape[-1], w_local.shape[-1]
     bc, llp, n_cblk, warps = _middle_tile(C, L, "backward")
     part = torch.empty((B * n_cblk, kg + kl), device=local.device, dtype=torch.float32)
-    add = torch.empty_like(like) if like is not None else None
-    # Without HAS_ADD the kernel writes no add: out and its strides are placeholders.
-    out, strides = (add, add.stride()) if add is not None else (part, (0, 0, 0, 0))
+    att = add = None
+    if fmt is not None:
+        att = torch.empty((B, C, L, L), device=local.device, dtype=torch.float32, memory_format=fmt)
+        add = torch.empty_like(att)
+    # Without GRAD_X the kernel writes neither: placeholders.
+    att_arg, add_arg, strides = (att, add, att.stride()) if att is not None else (part, part, (0,) * 4)
     _kernel(_triton_middle, interpret)[(B * n_cblk,)](
-        local, w_global, w_local, d_small, out, part, C, H, W, L, n_cblk, 1.0 / (L * L),
-        local_weight, *strides, MODE=1, HAS_ADD=add is not None, KG=kg, KL=kl, BLOCK_C=bc, LLP=llp,
+        local, w_global, w_local, d_small, att_arg, add_arg, part, C, H, W, L, n_cblk, 1.0 / (L * L),
+        local_weight, *strides, MODE=1, GRAD_X=att is not None, KG=kg, KL=kl, BLOCK_C=bc, LLP=llp,
         num_warps=warps,
     )
     # Per-program partial sums, added in a fixed order: deterministic, no atomics. (Two sums, not
     # views of one: the custom op's outputs may not alias each other.)
     d_wg, d_wl = part[:, :kg].sum(0), part[:, kg:].sum(0)
-    return add, d_wg.view(1, 1, kg), d_wl.view(1, 1, kl)
+    return att, add, d_wg.view(1, 1, kg), d_wl.view(1, 1, kl)
 
 
 def _attention_small(local: Tensor, w_global: Tensor, w_local: Tensor, local_weight: float,
@@ -864,31 +871,31 @@ def _attention_small(local: Tensor, w_global: Tensor, w_local: Tensor, local_wei
 
 
 def _forward(x: Tensor, w_global: Tensor, w_local: Tensor, local_size: int, local_weight: float,
-             blocks: tuple[int, int] | None, interpret: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """(out, local, att_small): the three forward launches; the small maps for the backward."""
+             blocks: tuple[int, int] | None, interpret: bool) -> tuple[Tensor, Tensor]:
+    """(out, local): the three forward launches; the bin means, all the backward keeps."""
     local = _bin_reduce(x, None, local_size, interpret, blocks)
     att_small = _attention_small(local, w_global, w_local, local_weight, x, interpret)
-    return _scale(x, att_small, None, x, interpret, blocks), local, att_small
+    return _scale(x, att_small, None, x, interpret, blocks), local
 
 
 def _backward(g: Tensor, x: Tensor, w_global: Tensor, w_local: Tensor, local: Tensor,
-              att_small: Tensor, local_weight: float, needs: tuple[bool, bool, bool],
+              local_weight: float, needs: tuple[bool, bool, bool],
               blocks: tuple[int, int] | None, interpret: bool
               ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """Gradients of x, w_global, w_local (None where ``needs`` says so) from the forward's small
-    maps: pass 1 over (g, x), the middle's backward, pass 2 over g."""
+    """Gradients of x, w_global, w_local (None where ``needs`` says so) from the forward's bin
+    means: pass 1 over (g, x), the middle's backward (which recomputes the small attention),
+    pass 2 over g."""
     need_x, need_wg, need_wl = needs
     L = local.shape[-1]
     # Pass 1 over (g, x): dLoss/d att_small = U_h^T (g * x) U_w.
     d_small = _bin_reduce(g, x, L, interpret, blocks)
     H, W = x.shape[-2:]
     if FUSED_MIDDLE:
-        # The scale kernel reads att_small and add in the layout it picks for g.
-        att_small = att_small.contiguous(memory_format=_small_format(g))
-        add, d_wg, d_wl = _fused_middle_backward(
+        # att and add come in the layout the scale kernel picks for g.
+        att, add, d_wg, d_wl = _fused_middle_backward(
             local, d_small, w_global.contiguous(), w_local.contiguous(), local_weight,
-            att_small if need_x else None, H, W, interpret)
-        grad_x = _scale(g, att_small, add, x, interpret, blocks) if need_x else None
+            _small_format(g) if need_x else None, H, W, interpret)
+        grad_x = _scale(g, att, add, x, interpret, blocks) if need_x else None
         return (grad_x, d_wg.to(w_global.dtype) if need_wg else None,
                 d_wl.to(w_local.dtype) if need_wl else None)
     # The middle's backward by autograd on a recomputed (tiny) graph.
@@ -897,8 +904,8 @@ def _backward(g: Tensor, x: Tensor, w_global: Tensor, w_local: Tensor, local: Te
         wg = w_global.detach().float().requires_grad_(need_wg)
         wl = w_local.detach().float().requires_grad_(need_wl)
         leaves = [t for t in (loc, wg, wl) if t.requires_grad]
-        grads = iter(torch.autograd.grad(_middle(loc, wg, wl, local_weight), leaves, d_small)
-                     if leaves else ())
+        att = _middle(loc, wg, wl, local_weight)
+        grads = iter(torch.autograd.grad(att, leaves, d_small) if leaves else ())
     d_local = next(grads) if need_x else None
     d_wg = next(grads).to(w_global.dtype) if need_wg else None
     d_wl = next(grads).to(w_local.dtype) if need_wl else None
@@ -906,7 +913,7 @@ def _backward(g: Tensor, x: Tensor, w_global: Tensor, w_local: Tensor, local: Te
     if need_x:
         # Pass 2 over g: grad_x = g * att + P^T d_local, P = adaptive pooling (mean over bins).
         counts = _bin_counts(H, L, x.device)[:, None] * _bin_counts(W, L, x.device)[None, :]
-        grad_x = _scale(g, att_small, d_local / counts, x, interpret, blocks)
+        grad_x = _scale(g, att.detach(), d_local / counts, x, interpret, blocks)
     return grad_x, d_wg, d_wl
 
 
@@ -915,9 +922,8 @@ class _MLCATritonFunction(torch.autograd.Function):
     def forward(ctx, x: Tensor, w_global: Tensor, w_local: Tensor, local_size: int,
                 local_weight: float, blocks: tuple[int, int] | None) -> Tensor:
         interpret = _use_interpreter(x)
-        out, local, att_small = _forward(x, w_global, w_local, local_size, local_weight, blocks,
-                                         interpret)
-        ctx.save_for_backward(x, w_global, w_local, local, att_small)
+        out, local = _forward(x, w_global, w_local, local_size, local_weight, blocks, interpret)
+        ctx.save_for_backward(x, w_global, w_local, local)
         ctx.local_weight = local_weight
         ctx.blocks = blocks
         ctx.interpret = interpret
@@ -926,9 +932,9 @@ class _MLCATritonFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):
-        x, w_global, w_local, local, att_small = ctx.saved_tensors
+        x, w_global, w_local, local = ctx.saved_tensors
         with _on_device_of(grad_out):
-            grads = _backward(grad_out, x, w_global, w_local, local, att_small, ctx.local_weight,
+            grads = _backward(grad_out, x, w_global, w_local, local, ctx.local_weight,
                               tuple(ctx.needs_input_grad[:3]), ctx.blocks, ctx.interpret)
         return (*grads, None, None, None)
 
@@ -942,7 +948,7 @@ def triton_forward_core(x: Tensor, w_global: Tensor, w_local: Tensor, local_size
         return torch.empty_like(x), x.new_zeros((*x.shape[:2], local_size, local_size),
                                                 dtype=torch.float32)
     with _on_device_of(x):
-        out, local, _ = _forward(x, w_global, w_local, local_size, float(local_weight), None,
+        out, local = _forward(x, w_global, w_local, local_size, float(local_weight), None,
                                  _use_interpreter(x))
     return out, local
 
@@ -950,14 +956,12 @@ def triton_forward_core(x: Tensor, w_global: Tensor, w_local: Tensor, local_size
 def triton_backward_core(g: Tensor, x: Tensor, local: Tensor, w_global: Tensor, w_local: Tensor,
                          local_weight: float) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of x, w_global, w_local from ``triton_forward_core``'s ``local`` (the small
-    attention map is recomputed: one launch of the middle kernel)."""
+    attention map is recomputed inside the middle's backward launch)."""
     if x.numel() == 0:
         return torch.zeros_like(x), torch.zeros_like(w_global), torch.zeros_like(w_local)
     with _on_device_of(x):
-        interpret = _use_interpreter(x)
-        att = _attention_small(local, w_global, w_local, float(local_weight), g, interpret)
-        return _backward(g, x, w_global, w_local, local, att, float(local_weight),
-                         (True, True, True), None, interpret)
+        return _backward(g, x, w_global, w_local, local, float(local_weight), (True, True, True),
+                         None, _use_interpreter(x))
 
 
 def _check(x: Tensor, w_global: Tensor, w_local: Tensor, local_size: int) -> None:
