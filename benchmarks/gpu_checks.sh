@@ -5,7 +5,8 @@
 #     bash benchmarks/gpu_checks.sh          # ~6-8 minutes on an H100; logs in $OUT or ./gpu-logs
 #
 # 1. the CUDA tests of the Triton path (compiled kernels against the float64 reference, all
-#    kernel variants, deterministic mode, the backend="auto" wiring);
+#    kernel variants, deterministic mode, the backend="auto" wiring, torch.compile through the
+#    custom ops and their opcheck, capture and replay in a CUDA graph);
 # 2. the middle alone: fused Triton kernels vs the PyTorch ops they replaced;
 # 3. the whole layer, float32 NCHW: seed eager / compiled, mlca torch, mlca triton, and
 #    "triton torch-mid" (same big kernels, PyTorch middle), YOLO shapes + 32x256x160x160;

@@ -373,18 +373,33 @@ def test_dispatch_modes_see_the_pytorch_kernels():
     assert counts[0] == counts[1] == 2 * k * (16 + 25 * 16)
 
 
+# The interpreter on CPU tensors; the compiled kernels where a GPU is (the id says "cuda", so
+# ``-k cuda`` in benchmarks/gpu_checks.sh picks these too).
+_DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                 reason="needs a CUDA device"))]
+
+
+def _on(device: str, monkeypatch, *tensors):
+    """tensors on device; on CUDA the compiled kernels, not the interpreter."""
+    if device == "cuda":
+        monkeypatch.delenv("TRITON_INTERPRET")
+    return tuple(t.to(device) for t in tensors)
+
+
+@pytest.mark.parametrize("device", _DEVICES)
 @pytest.mark.parametrize("cl", [False, True])
-def test_custom_ops_with_triton_kernels_agree_with_their_fakes(cl):
+def test_custom_ops_with_triton_kernels_agree_with_their_fakes(monkeypatch, cl, device):
     """torch.library.opcheck of the custom ops torch.compile calls, with the Triton kernels."""
     from mlca.attention import _mlca_op  # noqa: F401  (registers the ops)
 
-    x, wg, wl, g = _inputs(2, 6, 7, 9, 3, channels_last=cl, seed=13)
+    x, wg, wl, g = _on(device, monkeypatch, *_inputs(2, 6, 7, 9, 3, channels_last=cl, seed=13))
     torch.library.opcheck(torch.ops.mlca.mlca_fwd.default, (x, wg, wl, 3, 0.5, False, True))
     out, local = torch.ops.mlca.mlca_fwd(x, wg, wl, 3, 0.5, False, True)
     torch.library.opcheck(torch.ops.mlca.mlca_bwd.default, (g, x, local, wg, wl, 3, 0.5, False, True))
 
 
-def test_compile_runs_the_triton_kernels_in_one_graph(monkeypatch):
+@pytest.mark.parametrize("device", _DEVICES)
+def test_compile_runs_the_triton_kernels_in_one_graph(monkeypatch, device):
     """Under torch.compile the Triton path runs inside the opaque custom op: one graph for all
     sizes, no break, and the reference's values and gradients (forward and backward kernels
     both ran: the spies see them)."""
@@ -392,21 +407,23 @@ def test_compile_runs_the_triton_kernels_in_one_graph(monkeypatch):
 
     from mlca.attention.mlca import MLCA
 
+    _on(device, monkeypatch)
     calls = []
     for name in ("triton_forward_core", "triton_backward_core"):
         real = getattr(mt, name)
         monkeypatch.setattr(mt, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
     torch._dynamo.reset()
     counters.clear()
-    m = MLCA(8, local_size=3, backend="triton")
+    m = MLCA(8, local_size=3, backend="triton").to(device)
     wg, wl = m.conv.weight, m.conv_local.weight
     compiled = torch.compile(m, dynamic=True)
     for shape in [(2, 8, 7, 9), (2, 8, 4, 6), (2, 8, 2, 3)]:  # batch 1 would specialise
-        x = torch.randn(shape, requires_grad=True)
-        g = torch.randn(shape)
+        x = torch.randn(shape, device=device, requires_grad=True)
+        g = torch.randn(shape, device=device)
         out = compiled(x)
-        got = (out.detach(), *torch.autograd.grad(out, (x, wg, wl), g))
-        _assert_matches(got, _reference_grads(x, wg, wl, 3, m.local_weight, g), rtol=2e-5, atol=2e-6)
+        got = [t.cpu() for t in (out.detach(), *torch.autograd.grad(out, (x, wg, wl), g))]
+        want = _reference_grads(x.cpu(), wg.cpu(), wl.cpu(), 3, m.local_weight, g.cpu())
+        _assert_matches(got, want, rtol=2e-5, atol=2e-6)
     assert calls.count("triton_forward_core") == 3 and calls.count("triton_backward_core") == 3
     assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
     assert not counters["graph_break"], dict(counters["graph_break"])
@@ -604,6 +621,42 @@ def test_cuda_deterministic_bit_identical_gradients(monkeypatch):
         torch.use_deterministic_algorithms(was)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
+
+
+@_needs_cuda
+def test_cuda_graph_capture_replays_the_triton_path(monkeypatch):
+    """Forward+backward of the Triton path captured in a CUDA graph (what
+    ``torch.compile(mode="reduce-overhead")`` does to take the host out of small layers) and
+    replayed on new inputs gives the reference's values: no host sync, no host-to-device copy,
+    every buffer allocated inside the capture."""
+    monkeypatch.delenv("TRITON_INTERPRET")
+    x, wg, wl, g = (t.cuda() for t in _inputs(2, 64, 20, 20, 5, channels_last=True, seed=21))
+    x.requires_grad_()
+    wg.requires_grad_()
+    wl.requires_grad_()
+
+    def step():
+        out = mt.mlca_triton(x, wg, wl, 5, 0.3)
+        return (out.detach(), *torch.autograd.grad(out, (x, wg, wl), g))
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # compile the kernels before capturing
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = step()
+    for seed in (22, 23):
+        new_x, new_wg, _, new_g = _inputs(2, 64, 20, 20, 5, channels_last=True, seed=seed)
+        with torch.no_grad():
+            x.copy_(new_x)
+            wg.copy_(new_wg)
+            g.copy_(new_g)
+        graph.replay()
+        torch.cuda.synchronize()
+        _assert_matches([t.cpu() for t in static], _reference_grads(new_x, new_wg, wl.cpu(), 5, 0.3, new_g),
+                        rtol=2e-5, atol=2e-6)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
