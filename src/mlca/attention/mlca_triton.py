@@ -803,12 +803,12 @@ MIDDLE_TILE = {"forward": 1024, "backward": 256}
 
 
 @lru_cache(maxsize=1024)
-def _middle_tile(C: int, L: int, direction: str) -> tuple[int, int, int, int]:
+def _middle_tile(C: int, L: int, budget: int) -> tuple[int, int, int, int]:
     """(BLOCK_C, LLP, n_cblk, num_warps) of the middle kernel: all L*L bins of a block of
-    channels, about ``MIDDLE_TILE[direction]`` elements per program (the work is tiny; this keeps
-    several programs per sample). Warps grow with the tile only where L*L alone is wider (L > 16
+    channels, about ``budget`` (a ``MIDDLE_TILE`` value, an argument so that the cache never
+    outlives a change of the setting) elements per program (the work is tiny; this keeps several
+    programs per sample). Warps grow with the tile only where L*L alone is wider (L > 16
     backward, L > 32 forward), to keep the per-thread share and so the registers as measured."""
-    budget = MIDDLE_TILE[direction]
     llp = _next_pow2(L * L)
     bc = max(1, min(_next_pow2(C), budget // llp))
     warps = max(4, min(16, 4 * (bc * llp) // budget))
@@ -820,12 +820,12 @@ def _fused_middle(local: Tensor, w_global: Tensor, w_local: Tensor, local_weight
     """``_middle`` in one launch: (B, C, L, L) local means -> float32 attention in layout fmt."""
     B, C, L, _ = local.shape
     att = torch.empty((B, C, L, L), device=local.device, dtype=torch.float32, memory_format=fmt)
-    bc, llp, n_cblk, warps = _middle_tile(C, L, "forward")
+    bc, llp, n_cblk, warps = _middle_tile(C, L, MIDDLE_TILE["forward"])
     # H = W = 1: unused in MODE 0, a fixed value keeps one compiled variant.
     _kernel(_triton_middle, interpret)[(B * n_cblk,)](
         local, w_global, w_local, local, att, att, att, C, 1, 1, L, n_cblk, 1.0 / (L * L),
-        local_weight, *att.stride(), MODE=0, GRAD_X=False, KG=w_global.shape[-1], KL=w_local.shape[-1],
-        BLOCK_C=bc, LLP=llp, num_warps=warps,
+        local_weight, *att.stride(), MODE=0, GRAD_X=False, KG=w_global.shape[-1],
+        KL=w_local.shape[-1], BLOCK_C=bc, LLP=llp, num_warps=warps,
     )
     return att
 
@@ -841,18 +841,19 @@ def _fused_middle_backward(local: Tensor, d_small: Tensor, w_global: Tensor, w_l
     fmt is None (no dLoss/dx wanted). The weight gradients are float32."""
     B, C, L, _ = local.shape
     kg, kl = w_global.shape[-1], w_local.shape[-1]
-    bc, llp, n_cblk, warps = _middle_tile(C, L, "backward")
+    bc, llp, n_cblk, warps = _middle_tile(C, L, MIDDLE_TILE["backward"])
     part = torch.empty((B * n_cblk, kg + kl), device=local.device, dtype=torch.float32)
     att = add = None
     if fmt is not None:
         att = torch.empty((B, C, L, L), device=local.device, dtype=torch.float32, memory_format=fmt)
         add = torch.empty_like(att)
     # Without GRAD_X the kernel writes neither: placeholders.
-    att_arg, add_arg, strides = (att, add, att.stride()) if att is not None else (part, part, (0,) * 4)
+    att_arg, add_arg, strides = ((att, add, att.stride()) if att is not None
+                                 else (part, part, (0,) * 4))
     _kernel(_triton_middle, interpret)[(B * n_cblk,)](
-        local, w_global, w_local, d_small, att_arg, add_arg, part, C, H, W, L, n_cblk, 1.0 / (L * L),
-        local_weight, *strides, MODE=1, GRAD_X=att is not None, KG=kg, KL=kl, BLOCK_C=bc, LLP=llp,
-        num_warps=warps,
+        local, w_global, w_local, d_small, att_arg, add_arg, part, C, H, W, L, n_cblk,
+        1.0 / (L * L), local_weight, *strides, MODE=1, GRAD_X=att is not None, KG=kg, KL=kl,
+        BLOCK_C=bc, LLP=llp, num_warps=warps,
     )
     # Per-program partial sums, added in a fixed order: deterministic, no atomics. (Two sums, not
     # views of one: the custom op's outputs may not alias each other.)
@@ -949,7 +950,7 @@ def triton_forward_core(x: Tensor, w_global: Tensor, w_local: Tensor, local_size
                                                 dtype=torch.float32)
     with _on_device_of(x):
         out, local = _forward(x, w_global, w_local, local_size, float(local_weight), None,
-                                 _use_interpreter(x))
+                              _use_interpreter(x))
     return out, local
 
 
