@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import mlca.attention.mlca as mlca_mod
+from mlca.attention._native import native_available
 from mlca.attention.mlca import MLCA, get_default_backend, set_default_backend
 
 
@@ -79,3 +80,24 @@ def test_scripting_and_plain_path_ignore_backend():
     x = torch.randn(2, 8, 7, 7)
     expected = mlca_mod.mlca_plain(x, m.conv.weight, m.conv_local.weight, 5, 0.5)
     torch.testing.assert_close(scripted(x), expected)
+
+
+@pytest.mark.parametrize("backend", [
+    pytest.param("c", marks=pytest.mark.skipif(not native_available(),
+                                               reason="the C extension is not built here")),
+    "triton",
+])
+def test_dispatch_modes_see_the_pytorch_kernels(backend):
+    """A FLOP counter (any TorchDispatchMode) must see MLCA's ops; the C kernels and Triton
+    launches are invisible to it. Under one, even a forced "c" or "triton" backend runs the
+    PyTorch kernels, and the counted FLOPs are their two 1-D convs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(1, 64, 20, 20)
+    counts = []
+    for name in (backend, "torch"):
+        with FlopCounterMode(display=False) as fc:
+            MLCA(64, backend=name)(x)
+        counts.append(fc.get_total_flops())
+    k = MLCA(64).conv.kernel_size[0]
+    assert counts[0] == counts[1] == 2 * k * (64 + 25 * 64)

@@ -356,23 +356,6 @@ def test_mlca_module_triton_backend_matches_torch_backend():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_dispatch_modes_see_the_pytorch_kernels():
-    """Triton launches are invisible to a TorchDispatchMode (FLOP counter): under one, even a
-    forced "triton" backend runs the PyTorch kernels, so the counter sees the two 1-D convs."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from mlca.attention.mlca import MLCA
-
-    x = torch.randn(1, 16, 10, 10)
-    counts = []
-    for backend in ("triton", "torch"):
-        with FlopCounterMode(display=False) as fc:
-            MLCA(16, backend=backend)(x)
-        counts.append(fc.get_total_flops())
-    k = MLCA(16).conv.kernel_size[0]
-    assert counts[0] == counts[1] == 2 * k * (16 + 25 * 16)
-
-
 # The interpreter on CPU tensors; the compiled kernels where a GPU is (the id says "cuda", so
 # ``-k cuda`` in benchmarks/gpu_checks.sh picks these too).
 _DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
@@ -429,9 +412,10 @@ def test_compile_runs_the_triton_kernels_in_one_graph(monkeypatch, device):
     assert not counters["graph_break"], dict(counters["graph_break"])
 
 
-def _load_gpu_bench(monkeypatch):
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_mlca_gpu.py"
-    spec = importlib.util.spec_from_file_location("bench_mlca_gpu", path)
+def _load_benchmark(monkeypatch, name: str):
+    """benchmarks/<name>.py as a module (the folder is scripts, not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up
     spec.loader.exec_module(module)
@@ -440,13 +424,13 @@ def _load_gpu_bench(monkeypatch):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
 def test_gpu_benchmark_refuses_cleanly_without_cuda(capsys, monkeypatch):
-    assert _load_gpu_bench(monkeypatch).main([]) == 2
+    assert _load_benchmark(monkeypatch, "bench_mlca_gpu").main([]) == 2
     assert "no CUDA device" in capsys.readouterr().err
 
 
 def test_gpu_benchmark_code_paths_on_the_interpreter(capsys, monkeypatch):
     """Everything but the CUDA timing: contenders, agreement with the seed, table, determinism."""
-    bench = _load_gpu_bench(monkeypatch)
+    bench = _load_benchmark(monkeypatch, "bench_mlca_gpu")
     assert bench.minimal_bytes((2, 3, 4, 5), torch.float16) == (3 * 240, 7 * 240)
     assert bench.main(["--interpret-check", "--dtype", "float16", "--channels-last"]) == 0
     out = capsys.readouterr().out
@@ -457,12 +441,9 @@ def test_gpu_benchmark_code_paths_on_the_interpreter(capsys, monkeypatch):
     assert errs[0] == 0.0  # the seed against itself: the comparison is wired
 
 
-def test_host_benchmark_runs(capsys):
+def test_host_benchmark_runs(capsys, monkeypatch):
     """benchmarks/bench_mlca_triton_host.py (launches stubbed, CPU only) prints its table."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_mlca_triton_host.py"
-    spec = importlib.util.spec_from_file_location("bench_mlca_triton_host", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _load_benchmark(monkeypatch, "bench_mlca_triton_host")
     real_kernel = mt._kernel
     assert module.main(["--reps", "3", "--rounds", "2", "--shapes", "2x8x10x10"]) == 0
     assert mt._kernel is real_kernel  # the stub is undone
@@ -547,7 +528,7 @@ def test_middle_kernel_does_not_spill_at_the_tiles_mlca_picks(monkeypatch, capsy
     from triton.compiler import ASTSource
     from triton.runtime.jit import JITFunction
 
-    bc, llp, _, warps = mt._middle_tile(C, L, direction)
+    bc, llp, _, warps = mt._middle_tile(C, L, mt.MIDDLE_TILE[direction])
     constexprs = dict(MODE=int(direction == "backward"), GRAD_X=direction == "backward", KG=k, KL=k,
                       BLOCK_C=bc, LLP=llp)
     src = ASTSource(fn=JITFunction(mt._triton_middle), constexprs=constexprs,
