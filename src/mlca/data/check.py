@@ -17,7 +17,8 @@ import numpy as np
 
 from .config import DatasetConfig, load_dataset_config
 from .errors import DataError
-from .records import ReadReport, scan_records
+from .records import scan_records
+from .scan import ReadReport
 
 __all__ = ["SplitStats", "check_dataset", "format_stats", "main"]
 
