@@ -40,12 +40,25 @@ def _resolve(p: str | Path, *bases: Path) -> Path:
     return bases[0] / p
 
 
+def _split_path(s: str | Path, root: Path) -> Path:
+    """A split entry relative to the root; an old-style ``../images/train`` that is not found
+    there is read without its ``../`` (YOLOv5 and ultralytics do the same for old data YAMLs
+    written relative to a folder inside the dataset)."""
+    p = _resolve(s, root)
+    text = str(s).replace("\\", "/")
+    if not p.exists() and not Path(text).is_absolute() and text.startswith("../"):
+        alt = root / text[3:]
+        if alt.exists():
+            return alt
+    return p
+
+
 def yolo_images(root: Path, spec: Any, source: Path | None = None) -> list[Path]:
     """The image paths of a split spec (dir, txt list, single image, or a list of those)."""
     specs = spec if isinstance(spec, (list, tuple)) else [spec]
     images: list[Path] = []
     for s in specs:
-        p = _resolve(s, root)
+        p = _split_path(s, root)
         if p.is_dir():
             images += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
         elif p.suffix.lower() == ".txt" and p.is_file():
