@@ -73,5 +73,6 @@ def test_mlca_help_lists_check_and_python_m_still_works(tmp_path):
     assert "check" in out.stdout and "every bad file" in out.stdout
     out = subprocess.run([sys.executable, "-m", "mlca", "check", "--help"], capture_output=True, text=True, check=True)
     assert "--preview" in out.stdout and "--splits" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "mlca.data.check", "--help"], capture_output=True, text=True, check=True)
+    cmd = [sys.executable, "-m", "mlca.data.check", "--help"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     assert "--preview" in out.stdout

@@ -111,7 +111,8 @@ def write_png(path: Path, w: int, h: int) -> None:
 def test_yolo_degenerate_box_is_dropped_with_its_line(tmp_path, capsys):
     write_png(tmp_path / "images" / "a.png", 64, 48)
     (tmp_path / "labels").mkdir()
-    (tmp_path / "labels" / "a.txt").write_text("0 0.5 0.5 0.25 0.5\n1 0.5 0.5 0 0.2\n1 1.0 0.5 0.0 0.2\n1 0.25 0.25 0.5 0.5\n")
+    lines = ["0 0.5 0.5 0.25 0.5", "1 0.5 0.5 0 0.2", "1 1.0 0.5 0.0 0.2", "1 0.25 0.25 0.5 0.5"]
+    (tmp_path / "labels" / "a.txt").write_text("\n".join(lines) + "\n")
     (tmp_path / "d.yaml").write_text("path: .\ntrain: images\nval: images\nnames: [a, b]\n")
     report = scan_records(tmp_path / "d.yaml", "train")
     (rec,) = report.records
@@ -129,7 +130,8 @@ def voc_xml(boxes: list[tuple[str, tuple]]) -> str:
         f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax>\n</bndbox>\n</object>\n"
         for n, b in boxes
     )
-    return f"<annotation>\n<filename>a.png</filename>\n<size><width>50</width><height>40</height></size>\n{objs}</annotation>\n"
+    size = "<size><width>50</width><height>40</height></size>"
+    return f"<annotation>\n<filename>a.png</filename>\n{size}\n{objs}</annotation>\n"
 
 
 def test_voc_inverted_empty_and_outside_boxes_are_dropped_with_their_lines(tmp_path):

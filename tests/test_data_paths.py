@@ -48,7 +48,8 @@ def test_yolov5_layout_is_found_from_the_folder_yolov5_runs_in(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path / "yolov5")
     cfg = load_dataset_config(yaml)
     assert cfg.root.resolve() == root.resolve()
-    assert [how for _, how in cfg.root_tried] == ["relative to the YAML file's folder", "relative to the current directory"]
+    hows = [how for _, how in cfg.root_tried]
+    assert hows == ["relative to the YAML file's folder", "relative to the current directory"]
     assert len(read_records(cfg, "train")) == 2
 
 

@@ -124,5 +124,5 @@ def test_unknown_format_lists_the_known_ones(tmp_path):
     (tmp_path / "d.yaml").write_text("format: tfrecord\ntrain: a\nval: b\nnames: [x]\n")
     with pytest.raises(DataError, match=r"unknown dataset format 'tfrecord'; expected one of .*'coco'"):
         read_records(tmp_path / "d.yaml", "train")
-    with pytest.raises(DataError, match="no reader for dataset format 'nope'; known formats: coco, embedded, voc, yolo"):
+    with pytest.raises(DataError, match="no reader for dataset format 'nope'; known formats: coco, embedded, voc, yo"):
         registry.reader_for("nope")
