@@ -132,3 +132,13 @@ def test_old_style_parent_split_entry_is_read_without_its_dotdot(tmp_path):
     root = dataset(tmp_path / "ds")
     (root / "data.yaml").write_text("train: ../images/train2017\nval: images/train2017\nnames: [person]\n")
     assert len(read_records(root / "data.yaml", "train")) == 2
+
+
+def test_coco_names_from_a_missing_root_say_where_they_were_looked_for(tmp_path, monkeypatch):
+    yaml = tmp_path / "cfg" / "c.yaml"
+    yaml.parent.mkdir()
+    yaml.write_text("format: coco\npath: ../coco\ntrain: annotations/instances_train2017.json\nval: x.json\n")
+    monkeypatch.chdir(tmp_path / "cfg")
+    with pytest.raises(DataError, match="dataset root not found; tried") as e:
+        load_dataset_config(yaml)  # no names in the YAML: they must come from the (missing) data
+    assert str(tmp_path / "cfg" / "../coco") in str(e.value) and e.value.file == yaml

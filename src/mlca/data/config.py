@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from .dataset_config import DatasetConfig
+from .dataset_config import DatasetConfig, check_root
 from .errors import DataError
 from .registry import BUILTIN_FORMATS, known_formats
 
@@ -196,6 +196,7 @@ def load_dataset_config(spec: str | Path | DatasetConfig) -> DatasetConfig:
     elif fmt == "coco":
         from .coco import coco_names, coco_split
 
+        check_root(root, tried, path)  # the names are in the data: say where it was looked for
         names = coco_names(coco_split(root, data["train"], path)[0])
     else:
         raise DataError(path, "missing 'names' (the class names)")

@@ -14,7 +14,16 @@ from typing import Any
 from .errors import DataError
 from .registry import known_formats
 
-__all__ = ["DatasetConfig"]
+__all__ = ["DatasetConfig", "check_root"]
+
+
+def check_root(root: Path, tried: tuple[tuple[Path, str], ...], source: Path | None) -> None:
+    """:class:`DataError` (naming ``source``) if ``root`` does not exist, listing every reading tried."""
+    if root.exists():
+        return
+    if tried:
+        raise DataError(source, "dataset root not found; tried " + "; ".join(f"{p} ({how})" for p, how in tried))
+    raise DataError(source, f"dataset root {root} not found")
 
 
 @dataclass
@@ -51,6 +60,10 @@ class DatasetConfig:
         self.root = Path(self.root)
         if self.format not in known_formats():
             raise DataError(self.source, f"unknown dataset format {self.format!r}; expected one of {known_formats()}")
+
+    def check_root(self) -> None:
+        """:class:`DataError` if the root does not exist, listing every reading of ``path:`` tried."""
+        check_root(self.root, self.root_tried, self.source)
 
     @property
     def nc(self) -> int:

@@ -25,16 +25,6 @@ from .scan import ReadReport, check_boxes, collect
 __all__ = ["Record", "ReadReport", "read_records", "scan_records", "check_boxes", "collect"]
 
 
-def _check_root(config: DatasetConfig) -> None:
-    """A missing dataset root is reported with every reading of ``path:`` that was tried."""
-    if config.root.exists():
-        return
-    if config.root_tried:
-        tried = "; ".join(f"{p} ({how})" for p, how in config.root_tried)
-        raise DataError(config.source, f"dataset root not found; tried {tried}")
-    raise DataError(config.source, f"dataset root {config.root} not found")
-
-
 def scan_records(config: DatasetConfig | str | Path, split: str, skip_bad: bool = False) -> ReadReport:
     """Read a split and return the full :class:`ReadReport` (records, bad files, clipped and
     dropped boxes, restored images) without printing.
@@ -44,7 +34,7 @@ def scan_records(config: DatasetConfig | str | Path, split: str, skip_bad: bool 
     config = load_dataset_config(config)
     spec = config.split(split)
     read = reader_for(config.format, config.source)
-    _check_root(config)
+    config.check_root()
     return read(config, spec, skip_bad)
 
 

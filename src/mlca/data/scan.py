@@ -163,7 +163,8 @@ def check_boxes(
                 why = "outside the image"
             else:
                 why = "zero width or height"
-            note("dropped", f"{DataError(file, f'degenerate {desc}: {why}', lines[i], wheres[i])}")
+            # worded and located as an error would be, so a dropped box reads like a refused one
+            note("dropped", str(DataError(file, f"degenerate {desc}: {why}", lines[i], wheres[i])))
         elif np.abs(b - c).max() > _CLIP_TOL:
             n_clipped += 1
     return clipped.astype(np.float32), n_clipped
