@@ -202,3 +202,31 @@ def test_probe_of_an_intact_jpeg_notes_nothing(tmp_path):
     report = scan_records(yaml, "train")
     assert report.restored == [] and report.dropped == [] and report.summary() == ""
     assert probe_image(tmp_path / "images" / "a.jpg") == (32, 24)
+
+
+def test_a_replayed_result_keeps_its_notes_and_counts_like_a_fresh_one(tmp_path):
+    """A cache stores ``parse_one``'s result (notes as plain pairs, as JSON gives them back) and
+    replays it through ``collect``: the report must equal the fresh scan's."""
+    from mlca.data.scan import collect, parse_one
+    from mlca.data.yolo import label_path, parse_label_file
+
+    rng = np.random.default_rng()
+    good = jpeg_bytes(48, 32, rng)
+    yaml = yolo_set(tmp_path, {"a.jpg": good[:-30], "b.jpg": good}, {"a": "0 0.5 0.5 0 0.2\n0 0.5 0.5 0.5 0.5\n"})
+    fresh = scan_records(yaml, "train")
+
+    def parse(image: Path):  # one YOLO item, as read_yolo parses it
+        w, h = probe_image(image)
+        lbl = label_path(image)
+        boxes, labels, n = parse_label_file(lbl, 2, w, h) if lbl.is_file() else (np.zeros((0, 4)), [], 0)
+        return Record(image, boxes, labels, w, h), n
+
+    images = sorted((tmp_path / "images").glob("*.jpg"))
+    stored = {}
+    for im in images:  # a cache's first scan
+        rec, n, notes = parse_one(parse, im)
+        stored[im] = (rec, n, json.loads(json.dumps(notes)))
+    replayed = collect(images, lambda im: stored[im], False)  # a cached start: nothing is probed
+    assert replayed.restored == fresh.restored and replayed.dropped == fresh.dropped
+    assert len(replayed.restored) == 1 and len(replayed.dropped) == 1
+    assert [r.boxes.tolist() for r in replayed.records] == [r.boxes.tolist() for r in fresh.records]

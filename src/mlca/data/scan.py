@@ -18,7 +18,7 @@ import dataclasses
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 import numpy as np
 
@@ -37,9 +37,8 @@ _CLIP_TOL = 0.01
 _LIST_LIMIT = 10
 
 
-@dataclass(frozen=True)
-class Note:
-    """Something a reader fixed instead of refusing, located.
+class Note(NamedTuple):
+    """Something a reader fixed instead of refusing, located (a plain pair, so a cache can store it).
 
     Attributes:
         kind: ``"restored"`` (a JPEG without its end marker, or with bytes after it, loaded as
@@ -184,19 +183,23 @@ def drop_degenerate(record: Record) -> Record:
     return dataclasses.replace(record, **per_box)
 
 
-def parse_one(parse: Callable[[object], tuple[Record, int]], item: object) -> tuple[Record, int, list[Note]]:
+def parse_one(parse: Callable[[object], tuple], item: object) -> tuple[Record, int, list[Note]]:
     """``parse(item)`` with its notes gathered and its degenerate boxes dropped.
 
-    Returns ``(record, n_clipped, notes)``; a :class:`DataError` from ``parse`` propagates.
-    Safe to run in worker threads or processes (each call gathers only its own notes).
+    ``parse(item)`` returns ``(record, n_clipped)``, or ``(record, n_clipped, notes)`` when it
+    replays an earlier result (a cache): those notes, ``Note`` s or ``(kind, text)`` pairs, are
+    kept with the ones made now. Returns ``(record, n_clipped, notes)``, so a parallel or cached
+    scan can run this per item and store the result whole; a :class:`DataError` from ``parse``
+    propagates. Safe in worker threads or processes (each call gathers only its own notes).
     """
     notes: list[Note] = []
     token = _NOTES.set(notes)
     try:
-        record, n_clipped = parse(item)
+        record, n_clipped, *earlier = parse(item)
     finally:
         _NOTES.reset(token)
-    return drop_degenerate(record), n_clipped, notes
+    old = [Note(*n) for n in earlier[0]] if earlier else []
+    return drop_degenerate(record), n_clipped, old + notes
 
 
 def collect(
@@ -206,8 +209,9 @@ def collect(
 ) -> ReadReport:
     """Run ``parse`` on each item, gathering records, clip counts, notes and (with skip_bad) errors.
 
-    ``parse(item) -> (record, n_clipped)`` raises :class:`DataError` for bad data: re-raised
-    at once unless ``skip_bad``, in which case the item is dropped and remembered.
+    ``parse(item) -> (record, n_clipped)`` (or ``(record, n_clipped, notes)``, see
+    :func:`parse_one`) raises :class:`DataError` for bad data: re-raised at once unless
+    ``skip_bad``, in which case the item is dropped and remembered.
     """
     report = ReadReport()
     for item in items:
