@@ -60,15 +60,19 @@ def _names(value: Any, source: Path) -> list[str]:
     return names
 
 
-def _find(spec: str | Path) -> tuple[Path, bool]:
-    """The YAML file for ``spec``, and whether it is a config shipped with mlca."""
+def _find(spec: str | Path) -> tuple[Path, Path | None]:
+    """The YAML file for ``spec``, and the folder its relative ``path`` is first read against.
+
+    That folder is ``None`` for a config shipped with mlca: the package directory holds no
+    data, so its relative paths are read from the current directory on.
+    """
     path = Path(spec).expanduser()
     if path.is_file():
-        return path, False
+        return path, path.parent.resolve()
     if path.suffix == "" and len(path.parts) == 1:
         shipped = resources.files("mlca") / "configs" / f"{path.name}.yaml"
         if shipped.is_file():
-            return Path(str(shipped)), True
+            return Path(str(shipped)), None
     raise DataError(path, "dataset config not found (expected a YAML file, a shipped config name, or 'embedded')")
 
 
@@ -161,7 +165,7 @@ def load_dataset_config(spec: str | Path | DatasetConfig) -> DatasetConfig:
         from .embedded import embedded_config
 
         return embedded_config()
-    path, shipped = _find(spec)
+    path, yaml_dir = _find(spec)
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.MarkedYAMLError as e:
@@ -183,11 +187,7 @@ def load_dataset_config(spec: str | Path | DatasetConfig) -> DatasetConfig:
         if data.get(key) in (None, "", []):
             raise DataError(path, f"missing {key!r} split")
 
-    root, tried = resolve_root(
-        data.get("path", data.get("root")),
-        None if shipped else path.parent.resolve(),
-        datasets_dir=ultralytics_datasets_dir(),
-    )
+    root, tried = resolve_root(data.get("path", data.get("root")), yaml_dir, datasets_dir=ultralytics_datasets_dir())
 
     if "names" in data:
         names = _names(data["names"], path)
