@@ -50,7 +50,7 @@ def write_oriented_jpeg(path: Path, stored: np.ndarray, orientation: int) -> Pat
     exif = Image.Exif()
     exif[0x0112] = orientation
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(stored).save(path, "JPEG", quality=95, exif=exif.tobytes())
+    Image.fromarray(stored).save(path, "JPEG", quality=95, subsampling=0, exif=exif.tobytes())  # 4:4:4: sharp edges
     return path
 
 
