@@ -70,8 +70,6 @@ def test_config_names_select_categories_by_name(tmp_path):
     [
         (ann(9, 3, 18, [10, 10, 5, 5]), "not in the config"),
         (ann(9, 3, 99, [10, 10, 5, 5]), "category 99 not in the config"),
-        (ann(9, 3, 1, [50, 50, 5, 5]), "outside the image"),
-        (ann(9, 3, 1, [10, 10, 0, 5]), "degenerate"),
         (ann(9, 3, 1, [10, 10, "w", 5]), "bbox must be 4 numbers"),
         (ann(9, 3, 1, [10, 10, 5]), "bbox must be 4 numbers"),
     ],

@@ -20,6 +20,7 @@ COMMANDS = {
     "compare": ("compare", "the paper's experiment: MAY with each attention, over seeds"),
     "export": ("export", "export MAY to ONNX or TorchScript, checked against PyTorch"),
     "bench": ("bench", "MAY latency per attention in eager, compiled and onnxruntime"),
+    "check": ("check", "check a dataset: every bad file and line, class counts, box sizes"),
 }
 
 

@@ -16,8 +16,8 @@ import importlib
 _API = {
     "DatasetConfig": "config",
     "load_dataset_config": "config",
-    "Record": "records",
-    "ReadReport": "records",
+    "Record": "record",
+    "ReadReport": "scan",
     "read_records": "records",
     "scan_records": "records",
     "DataError": "errors",
@@ -31,6 +31,7 @@ _API = {
     "ensure_embedded": "embedded",
     "preview_grid": "preview",
     "check_dataset": "check",
+    "register_reader": "registry",
 }
 
 __all__ = sorted(_API)

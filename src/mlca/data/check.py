@@ -1,9 +1,12 @@
 """Check a dataset before training: counts, box sizes, bad files, clipped boxes, a preview.
 
-    python -m mlca.data.check my_data.yaml [--preview grid.png] [--splits train val]
+    mlca check my_data.yaml [--preview grid.png] [--splits train val]
+    python -m mlca.data.check my_data.yaml ...          (the same)
 
-Reads every split with ``skip_bad=True`` so one run lists *all* problems (with file and line),
-then prints a table per split. Exit status 1 if any file is bad.
+Prints where the dataset root was found (and any other reading of a relative ``path:`` that
+also exists), then reads every split with ``skip_bad=True`` so one run lists *all* problems
+(with file and line), and prints a table per split. Exit status 1 if any file is bad, 2 if the
+config or a split cannot be read at all.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import numpy as np
 
 from .config import DatasetConfig, load_dataset_config
 from .errors import DataError
-from .records import ReadReport, scan_records
+from .records import scan_records
+from .scan import ReadReport
 
-__all__ = ["SplitStats", "check_dataset", "format_stats", "main"]
+__all__ = ["SplitStats", "check_dataset", "format_stats", "format_root", "add_arguments", "run", "main"]
 
 
 @dataclass
@@ -76,7 +80,7 @@ def check_dataset(
 
 
 def format_stats(stats: list[SplitStats]) -> str:
-    """A plain-text report of :func:`check_dataset`'s result."""
+    """A plain-text report of :func:`check_dataset`'s result (every note listed)."""
     lines = []
     for s in stats:
         b = s.box_long_side
@@ -87,25 +91,48 @@ def format_stats(stats: list[SplitStats]) -> str:
         )
         width = max((len(n) for n in s.per_class), default=0)
         lines += [f"  {n:<{width}}  {c}" for n, c in s.per_class.items()]
-        text = s.report.summary(s.split)
+        text = s.report.summary(s.split, limit=None)
         if text:
             lines += ["  " + line for line in text.splitlines()]
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mlca.data.check", description=__doc__.splitlines()[0])
+def format_root(cfg: DatasetConfig) -> str:
+    """Where the root is, and how a relative ``path:`` was read (every reading that exists)."""
+    head = f"dataset {cfg.name!r} ({cfg.format}, {cfg.nc} classes), root {cfg.root}"
+    found = [(p, how) for p, how in cfg.root_tried if p.exists()]
+    if not found:
+        return head + ("" if cfg.root.exists() else " (not found)")
+    lines = [head + f" ({found[0][1]})"]
+    lines += [f"  note: 'path' also exists {how}: {p}; write an absolute path to choose" for p, how in found[1:]]
+    return "\n".join(lines)
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The arguments of ``mlca check`` (also ``python -m mlca.data.check``)."""
     ap.add_argument("data", help="dataset YAML, a shipped config name, or 'embedded'")
-    ap.add_argument("--splits", nargs="+", default=["train", "val"])
-    ap.add_argument("--preview", type=Path, help="write a PNG grid of images with their boxes")
-    args = ap.parse_args(argv)
+    ap.add_argument("--splits", nargs="+", default=["train", "val"], choices=["train", "val", "test"],
+                    help="the splits to read")  # fmt: skip
+    ap.add_argument("--preview", type=Path, help="write a PNG grid of images of the first split with their boxes")
+    return ap
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check ``args.data``; the exit status (0 clean, 1 bad files, 2 unreadable config or split)."""
     try:
-        stats = check_dataset(args.data, tuple(args.splits), args.preview)
+        cfg = load_dataset_config(args.data)
+        print(format_root(cfg))
+        stats = check_dataset(cfg, tuple(args.splits), args.preview)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_stats(stats))
     return 1 if any(s.bad for s in stats) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mlca.data.check", description=__doc__.splitlines()[0])
+    return run(add_arguments(ap).parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -20,10 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from .config import DatasetConfig
+from .dataset_config import DatasetConfig
 from .errors import DataError
 from .images import probe_image
-from .records import ReadReport, Record, check_boxes, collect
+from .record import Record
+from .registry import register_reader
+from .scan import ReadReport, check_boxes, collect
 
 __all__ = ["read_coco", "coco_split", "coco_names"]
 
@@ -78,6 +80,7 @@ def coco_names(path: Path) -> list[str]:
     return [str(c["name"]) for c in sorted(cats, key=lambda c: c["id"])]
 
 
+@register_reader("coco")
 def read_coco(config: DatasetConfig, spec: Any, skip_bad: bool = False) -> ReadReport:
     """Read one split of a COCO-format dataset into records."""
     ann_path, image_dir = coco_split(config.root, spec, config.source)

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 from .errors import DataError
 from .images import load_image
 from .mosaic import mosaic4
-from .records import Record
+from .record import Record
 from .transforms import TrainAugment, letterbox, letterbox_params, resolve_hyp
 
 __all__ = ["DetectionDataset", "collate", "boxes_to_targets"]

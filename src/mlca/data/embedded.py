@@ -40,7 +40,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy.ndimage import find_objects
 
-from .config import DatasetConfig
+from .dataset_config import DatasetConfig
 
 __all__ = [
     "NAMES",

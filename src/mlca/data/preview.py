@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .images import load_image
-from .records import Record
+from .record import Record
 
 __all__ = ["preview_grid", "class_colour"]
 

@@ -28,10 +28,12 @@ from xml.parsers import expat
 
 import numpy as np
 
-from .config import DatasetConfig
+from .dataset_config import DatasetConfig
 from .errors import DataError
 from .images import IMAGE_SUFFIXES, probe_image
-from .records import ReadReport, Record, check_boxes, collect
+from .record import Record
+from .registry import register_reader
+from .scan import ReadReport, check_boxes, collect
 
 __all__ = ["read_voc", "voc_items", "parse_voc_xml", "XmlNode"]
 
@@ -184,6 +186,7 @@ def parse_voc_xml(
     return Record(image, boxes, np.array(labels, dtype=np.int64), width, height), n_clipped
 
 
+@register_reader("voc")
 def read_voc(config: DatasetConfig, spec: Any, skip_bad: bool = False) -> ReadReport:
     """Read one split of a VOC-format dataset into records."""
     items = voc_items(config.root, spec, config.source)

@@ -17,10 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from .config import DatasetConfig
+from .dataset_config import DatasetConfig
 from .errors import DataError
 from .images import IMAGE_SUFFIXES, probe_image
-from .records import ReadReport, Record, check_boxes, collect
+from .record import Record
+from .registry import register_reader
+from .scan import ReadReport, check_boxes, collect, degenerate
 
 __all__ = ["read_yolo", "yolo_images", "label_path", "parse_label_file"]
 
@@ -38,12 +40,25 @@ def _resolve(p: str | Path, *bases: Path) -> Path:
     return bases[0] / p
 
 
+def _split_path(s: str | Path, root: Path) -> Path:
+    """A split entry relative to the root; an old-style ``../images/train`` that is not found
+    there is read without its ``../`` (YOLOv5 and ultralytics do the same for old data YAMLs
+    written relative to a folder inside the dataset)."""
+    p = _resolve(s, root)
+    text = str(s).replace("\\", "/")
+    if not p.exists() and not Path(text).is_absolute() and text.startswith("../"):
+        alt = root / text[3:]
+        if alt.exists():
+            return alt
+    return p
+
+
 def yolo_images(root: Path, spec: Any, source: Path | None = None) -> list[Path]:
     """The image paths of a split spec (dir, txt list, single image, or a list of those)."""
     specs = spec if isinstance(spec, (list, tuple)) else [spec]
     images: list[Path] = []
     for s in specs:
-        p = _resolve(s, root)
+        p = _split_path(s, root)
         if p.is_dir():
             images += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
         elif p.suffix.lower() == ".txt" and p.is_file():
@@ -76,8 +91,9 @@ def parse_label_file(path: Path, nc: int, width: int, height: int) -> tuple[np.n
 
     Raises:
         DataError: naming ``path`` and the line: wrong field count, a non-numeric field, a
-            class index that is not an integer in ``[0, nc)``, coordinates outside ``[0, 1]``,
-            a box outside the image or degenerate.
+            class index that is not an integer in ``[0, nc)``, coordinates outside ``[0, 1]``.
+            A degenerate box (zero width or height) is left out, and noted by
+            :func:`~mlca.data.scan.check_boxes`.
     """
     try:
         text = path.read_text(encoding="utf-8-sig")  # tolerate a BOM from Windows editors
@@ -117,9 +133,11 @@ def parse_label_file(path: Path, nc: int, width: int, height: int) -> tuple[np.n
         labels.append(int(cls))
         lines.append(lineno)
     boxes, n_clipped = check_boxes(np.array(rows).reshape(-1, 4), width, height, path, lines)
-    return boxes, np.array(labels, dtype=np.int64), n_clipped
+    keep = ~degenerate(boxes)  # noted by check_boxes; one bad line costs its box, not the image
+    return boxes[keep], np.array(labels, dtype=np.int64)[keep], n_clipped
 
 
+@register_reader("yolo", "embedded")
 def read_yolo(config: DatasetConfig, spec: Any, skip_bad: bool = False) -> ReadReport:
     """Read one split of a YOLO-format dataset into records."""
     images = yolo_images(config.root, spec, config.source)
