@@ -124,7 +124,7 @@ def test_no_detections_and_no_ground_truth():
         voc_ap(np.zeros(1), np.ones(1), 0, True)
 
 
-def test_perfect_random_detections_give_one_and_random_ones_match_a_brute_force_devkit():
+def test_random_sets_match_a_transcription_of_the_devkit():
     rng = np.random.default_rng()
     gts, dets = [], []
     for _ in range(6):
@@ -194,3 +194,31 @@ def _devkit_reference(gts, dets, c, use07):
     for i in range(len(mpre) - 2, -1, -1):
         mpre[i] = max(mpre[i], mpre[i + 1])
     return sum((mrec[i] - mrec[i - 1]) * mpre[i] for i in range(1, len(mrec)) if mrec[i] != mrec[i - 1])
+
+
+def test_through_the_voc_reader_difficult_and_plus_one(tmp_path):
+    """VOC XML -> records -> devkit AP: a detection on the difficult box is ignored, and one with
+    devkit IoU exactly 0.5 (computed by hand from the XML's 1-based numbers) is a hit."""
+    from PIL import Image
+
+    from mlca.data.config import load_dataset_config
+    from mlca.data.records import read_records
+
+    d = tmp_path / "ann"
+    d.mkdir()
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(d / "a.jpg")
+    (d / "a.xml").write_text(
+        "<annotation><filename>a.jpg</filename><size><width>40</width><height>40</height></size>"
+        "<object><name>x</name><difficult>0</difficult><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>10</xmax>"
+        "<ymax>10</ymax></bndbox></object><object><name>x</name><difficult>1</difficult><bndbox><xmin>21</xmin>"
+        "<ymin>21</ymin><xmax>40</xmax><ymax>40</ymax></bndbox></object></annotation>"
+    )
+    (tmp_path / "voc.yaml").write_text("format: voc\npath: .\ntrain: ann\nval: ann\nnames: [x]\n")
+    (rec,) = read_records(load_dataset_config(tmp_path / "voc.yaml"), "val")
+    g = [ImageGT(rec.boxes, rec.labels, rec.width, rec.height, rec.ignore)]
+    # devkit boxes [1, 1, 10, 5] (IoU (10 * 5) / (10 * 10) = 0.5) and [22, 22, 40, 40] (on the difficult
+    # box), written in mlca's continuous coordinates [x1 - 1, y1 - 1, x2, y2]; the difficult one first
+    d = [det([[21, 21, 40, 40], [0, 0, 10, 5]], [0.9, 0.8])]
+    _, tp, fp, npos = voc_class_pr(g, d, 0)
+    assert (tp.tolist(), fp.tolist(), npos) == ([0, 1], [0, 0], 1)
+    assert voc_map(g, d, ["x"]).map50 == 1.0
