@@ -109,7 +109,7 @@ def _no_nan(x: Any) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mlca.data.coco import coco_category_ids
+    from mlca.data.coco import coco_category_ids, coco_split
     from mlca.data.config import load_dataset_config
     from mlca.data.dataset import DetectionDataset
     from mlca.data.errors import DataError
@@ -117,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     from mlca.engine.checkpoint import CheckpointError
     from mlca.engine.distributed import select_device
     from mlca.engine.evaluate import evaluate
+    from mlca.engine.metrics import COCO_STAT_NAMES
     from mlca.engine.predict import load_backend
 
     weights = Path(args.weights)
@@ -160,8 +161,6 @@ def run(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(res.detections))
         if config.format == "coco":
-            from mlca.data.coco import coco_split
-
             print(f"saved {out} ({len(res.detections)} detections; ground truth: "
                   f"{coco_split(config.root, config.split(args.split), config.source)[0]})")
         else:
@@ -173,14 +172,8 @@ def run(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         payload = {"weights": str(weights), "data": str(data), "split": args.split, "img_size": img_size,
                    "metric": args.metric, "map50": _no_nan(res.map50), "map": _no_nan(res.map),
-                   "per_class": _no_nan(res.per_class), "coco_stats": dict(zip(_stat_names(), res.stats)),
+                   "per_class": _no_nan(res.per_class), "coco_stats": dict(zip(COCO_STAT_NAMES, res.stats)),
                    "n_images": res.n_images, "n_gt": res.n_gt, "speed_ms": res.speed}
         out.write_text(json.dumps(payload, indent=1))
         print(f"saved {out}")
     return 0
-
-
-def _stat_names() -> tuple[str, ...]:
-    from mlca.engine.metrics import COCO_STAT_NAMES
-
-    return COCO_STAT_NAMES
