@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mlca.data.coco import coco_category_ids
 from mlca.data.config import load_dataset_config
 from mlca.data.errors import DataError
 from mlca.data.records import read_records, scan_records
@@ -55,8 +56,29 @@ def test_category_ids_map_to_sorted_contiguous_indices(tmp_path):
         assert (a.image.name, b.image.name) == ("a.png", "b.png")
         np.testing.assert_allclose(a.boxes, [[10, 5, 30, 15], [0, 0, 100, 50]])
         assert a.labels.tolist() == [2, 0]
-        np.testing.assert_allclose(b.boxes, [[1.5, 2.5, 4.5, 6.5]])  # the crowd box is dropped
-        assert b.labels.tolist() == [1]
+        # the crowd box stays, marked ignore (left out of training, ignored at evaluation)
+        np.testing.assert_allclose(b.boxes, [[1.5, 2.5, 4.5, 6.5], [0, 0, 5, 5]])
+        assert b.labels.tolist() == [1, 0] and b.ignore.tolist() == [False, True]
+        assert not a.ignore.any() and (a.image_id, b.image_id) == (7, 3)
+        assert b.train_objects[1].tolist() == [1]
+    assert coco_category_ids(cfg, "val") == [1, 3, 18]
+
+
+def test_annotation_area_is_kept_for_the_area_ranges(tmp_path):
+    yaml = coco_set(tmp_path, [ann(1, 7, 18, [10, 5, 20, 10], area=123.5), ann(2, 7, 1, [0, 0, 10, 10])])
+    a, b = read_records(load_dataset_config(yaml), "train")
+    np.testing.assert_array_equal(a.area, [123.5, np.nan])
+    assert len(b.area) == 0
+    coco_set(tmp_path, [ann(1, 7, 18, [10, 5, 20, 10], area="big")])
+    with pytest.raises(DataError, match="area must be a number") as e:
+        read_records(load_dataset_config(yaml), "train")
+    assert e.value.where == "annotations[0] (id 1)"
+
+
+def test_category_ids_of_names_missing_from_the_file_are_an_error(tmp_path):
+    yaml = coco_set(tmp_path, [], names="names: [person, car, dog, unicorn]\n")
+    with pytest.raises(DataError, match="unicorn"):
+        coco_category_ids(load_dataset_config(yaml), "train")
 
 
 def test_config_names_select_categories_by_name(tmp_path):

@@ -89,14 +89,47 @@ def test_plain_folder_of_images_and_xmls(tmp_path):
     assert [r.labels.tolist() for r in recs] == [[0], [1]]
 
 
-def test_difficult_objects_are_dropped_unless_kept(tmp_path):
-    objects = obj("dog", (1, 1, 20, 20)) + obj("cat", (30, 30, 40, 40), difficult=1)
+def test_difficult_objects_are_ignored_in_evaluation_and_left_out_of_training_unless_kept(tmp_path):
+    import torch
+
+    from mlca.data.dataset import DetectionDataset
+
+    objects = obj("dog", (1, 1, 20, 20)) + obj("cat", (30, 30, 40, 40), difficult=1) + obj("cat", (5, 25, 15, 45))
     devkit(tmp_path, "VOC2007", {"a": (50, 50, objects)}, {"trainval": ["a"]})
     cfg = load_dataset_config(config(tmp_path, "VOC2007/trainval", "VOC2007/trainval"))
-    assert read_records(cfg, "train")[0].labels.tolist() == [VOC_NAMES.index("dog")]
-    assert read_records(cfg, "val")[0].labels.tolist() == [VOC_NAMES.index("dog")]
+    dog, cat = VOC_NAMES.index("dog"), VOC_NAMES.index("cat")
+    for split in ("train", "val"):
+        (rec,) = read_records(cfg, split)
+        assert rec.labels.tolist() == [dog, cat, cat] and rec.ignore.tolist() == [False, True, False]
+        assert rec.image_id == "a" and np.isnan(rec.area).all()
+        np.testing.assert_allclose(rec.boxes[1], [29, 29, 40, 40])
+    # training targets: the difficult box is gone, the two others stay (letterbox of 50 px into 64)
+    _, targets, _ = DetectionDataset([rec], 64, augment=False)[0]
+    s = 64 / 50
+    want = torch.tensor([[dog, 10 * s, 10 * s, 20 * s, 20 * s], [cat, 9.5 * s, 34.5 * s, 11 * s, 21 * s]]) / 64
+    want[:, 0] *= 64
+    torch.testing.assert_close(targets, want)
+    boxes, labels = rec.train_objects
+    assert labels.tolist() == [dog, cat] and len(boxes) == 2
+    # keep_difficult: an ordinary object, learnt and counted
     cfg = load_dataset_config(config(tmp_path, "VOC2007/trainval", "VOC2007/trainval", "keep_difficult: true\n"))
-    assert len(read_records(cfg, "val")[0].labels) == 2
+    (rec,) = read_records(cfg, "val")
+    assert rec.ignore.tolist() == [False, False, False]
+    assert len(DetectionDataset([rec], 64, augment=False)[0][1]) == 3
+
+
+def test_record_select_keeps_the_per_object_arrays_aligned():
+    from mlca.data.records import Record
+
+    rec = Record("x.jpg", np.arange(12).reshape(3, 4), [0, 1, 2], 20, 20, ignore=[False, True, False],
+                 area=[1.0, np.nan, 3.0], image_id=np.int64(7))  # fmt: skip
+    assert rec.image_id == 7 and type(rec.image_id) is int
+    sub = rec.select(np.array([True, True, False]))
+    assert sub.labels.tolist() == [0, 1] and sub.ignore.tolist() == [False, True]
+    np.testing.assert_array_equal(sub.area, [1.0, np.nan])
+    assert sub.boxes.shape == (2, 4) and sub.image_id == 7
+    with pytest.raises(ValueError, match="3 boxes but 2 ignore flags"):
+        Record("x.jpg", np.zeros((3, 4)), [0, 0, 0], 20, 20, ignore=[True, False])
 
 
 def line_of(text: str, needle: str, nth: int = 1) -> int:

@@ -69,9 +69,15 @@ def test_oracle_predictions_give_map_one(tmp_path):
     assert res.n_images == 5 and res.n_gt == sum(len(r.labels) for r in ds.records)
     assert set(res.per_class) == set(NAMES)
     # detections are reported in original-image pixels: they equal the records' boxes
-    got = sorted((d["image"], round(d["bbox"][0], 2), round(d["bbox"][2], 2)) for d in res.detections)
+    # (a COCO results list whose image ids are those of the ground-truth dict that comes with it)
+    file_of = {im["id"]: im["file_name"] for im in res.ground_truth["images"]}
+    got = sorted((file_of[d["image_id"]], round(d["bbox"][0], 2), round(d["bbox"][2], 2)) for d in res.detections)
     want = sorted((str(r.image), round(float(b[0]), 2), round(float(b[2] - b[0]), 2)) for r in ds.records for b in r.boxes)
     assert got == want
+    assert sorted(file_of) == [1, 2, 3, 4, 5]
+    assert {d["category_id"] for d in res.detections} <= {1, 2, 3}
+    assert [c["name"] for c in res.ground_truth["categories"]] == NAMES
+    assert len(res.stats) == 12 and res.stats[1] == pytest.approx(1.0) and res.metric == "coco"
 
 
 def test_narrowed_predictions_lose_strict_ious_but_keep_map50(tmp_path):
@@ -112,3 +118,48 @@ def test_raw_outputs_are_rejected_with_a_clear_message(tmp_path):
     ds = DetectionDataset(make_records(tmp_path, n=2), 64, augment=False)
     with pytest.raises(TypeError, match="raw per-level outputs"):
         evaluate(lambda x: [torch.zeros(1)], ds, names=NAMES)
+
+
+class Replay(nn.Module):
+    """Replays fixed decoded predictions (B, N, 5 + nc) for one batch."""
+
+    def __init__(self, pred: torch.Tensor) -> None:
+        super().__init__()
+        self.pred = pred
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, N, 5 + nc)."""
+        return self.pred
+
+
+def test_ignored_ground_truth_flows_from_records_into_every_protocol(tmp_path):
+    """One 64 x 64 image (no letterbox padding) with a normal box N and a box X, as an ignored
+    object, as a normal one, or left out. Detections: on both (the one on X ranked first), or on
+    N only. Ignored, X changes nothing: AP 1 either way. Left out, the detection on X is an FP
+    ranked first (precision 1/2 at recall 1: AP 1/2). Normal, missing X halves the recall
+    (COCO: precision 1 at 51 of 101 recall points; VOC07: 6 of 11 points; all-point: 1/2)."""
+    path = tmp_path / "a.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(path)
+    boxes = np.array([[4, 4, 24, 24], [36, 36, 60, 60]], np.float32)  # N, X
+    both = torch.zeros(1, 2, 5 + 3)
+    for k, (b, score) in enumerate(zip(boxes, (0.5, 0.9))):
+        both[0, k, :4] = torch.tensor([(b[0] + b[2]) / 2, (b[1] + b[3]) / 2, b[2] - b[0], b[3] - b[1]])
+        both[0, k, 4], both[0, k, 5] = 1.0, score
+    n_only = both[:, :1].clone()
+    records = {
+        "ignored": Record(path, boxes, [0, 0], 64, 64, ignore=[False, True]),
+        "dropped": Record(path, boxes[:1], [0], 64, 64),
+        "normal": Record(path, boxes, [0, 0], 64, 64),
+    }
+    half = {"coco": 51 / 101, "voc07": 6 / 11, "voc12": 0.5}
+    for metric in ("coco", "voc07", "voc12"):
+        want = {("ignored", "both"): 1.0, ("ignored", "n_only"): 1.0, ("dropped", "both"): 0.5,
+                ("dropped", "n_only"): 1.0, ("normal", "both"): 1.0, ("normal", "n_only"): half[metric]}
+        for (kind, dets), ap in want.items():
+            ds = DetectionDataset([records[kind]], 64, augment=False)
+            res = evaluate(Replay(both if dets == "both" else n_only), ds, names=NAMES, metric=metric)
+            assert res.map50 == pytest.approx(ap), (kind, dets, metric)
+            assert res.n_gt == (2 if kind == "normal" else 1) and res.metric == metric
+    with pytest.raises(ValueError, match="metric must be one of"):
+        evaluate(Replay(both), ds, names=NAMES, metric="voc")

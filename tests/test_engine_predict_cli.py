@@ -41,14 +41,18 @@ def workspace(tmp_path_factory):
 
 def test_val_prints_map_and_table_and_saves_json(workspace, capsys, tmp_path):
     root, data, weights = workspace
-    out = tmp_path / "m.json"
-    assert main(["val", "--weights", str(weights), "--device", "cpu", "--save-json", str(out)]) == 0
+    out, results = tmp_path / "m.json", tmp_path / "r.json"
+    assert main(["val", "--weights", str(weights), "--device", "cpu", "--save-metrics", str(out),
+                 "--save-json", str(results)]) == 0  # fmt: skip
     text = capsys.readouterr().out
     assert "mAP50" in text and "disc" in text and "block" in text and "64 px" in text  # training size reused
     saved = json.loads(out.read_text())
     assert 0.0 <= saved["map"] <= saved["map50"] <= 1.0
-    assert saved["n_images"] == 3 and saved["n_gt"] == 6
-    assert set(saved["per_class"]) == set(NAMES) and isinstance(saved["detections"], list)
+    assert saved["n_images"] == 3 and saved["n_gt"] == 6 and len(saved["coco_stats"]) == 12
+    assert set(saved["per_class"]) == set(NAMES)
+    assert isinstance(json.loads(results.read_text()), list)
+    gt = json.loads((tmp_path / "r_gt.json").read_text())
+    assert [c["name"] for c in gt["categories"]] == NAMES and len(gt["images"]) == 3
 
 
 def test_val_errors_are_one_clear_line(workspace, capsys, tmp_path):

@@ -7,7 +7,14 @@ or just the annotation file, in which case the images are looked up (by ``file_n
 
 Category ids are mapped to contiguous class indices in order of increasing id, and the
 class names come from ``categories`` unless the config gives ``names`` (then categories are
-matched to names by name). ``iscrowd`` annotations are dropped (like VOC's ``difficult``).
+matched to names by name); :func:`coco_category_ids` gives the way back, for result files.
+
+Each record keeps what COCO's own evaluation needs: ``image_id`` is the image's ``id`` in the
+JSON, ``iscrowd`` annotations are kept with ``ignore`` set (left out of training; at
+evaluation they are passed to COCOeval as ``iscrowd=1``, so a detection on a crowd region is
+neither a hit nor a false positive), and ``area`` is the annotation's own ``area`` (the
+segmentation area, which COCOeval's small/medium/large ranges use; NaN when absent, and the
+box area is used).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from .record import Record
 from .registry import register_reader
 from .scan import ReadReport, check_boxes, collect
 
-__all__ = ["read_coco", "coco_split", "coco_names"]
+__all__ = ["read_coco", "coco_split", "coco_names", "coco_category_ids"]
 
 
 def _rel(root: Path, p: Any) -> Path:
@@ -80,6 +87,19 @@ def coco_names(path: Path) -> list[str]:
     return [str(c["name"]) for c in sorted(cats, key=lambda c: c["id"])]
 
 
+def coco_category_ids(config: DatasetConfig, split: str) -> list[int]:
+    """The COCO ``category_id`` of each class index of ``config`` (for ``split``'s JSON).
+
+    A class whose name is not among the file's categories raises :class:`DataError`.
+    """
+    ann_path, _ = coco_split(config.root, config.split(split), config.source)
+    by_name = {str(c["name"]): c["id"] for c in _coco(ann_path)["categories"]}
+    missing = [n for n in config.names if n not in by_name]
+    if missing:
+        raise DataError(ann_path, f"classes {missing} of the config have no category in the file")
+    return [by_name[n] for n in config.names]
+
+
 @register_reader("coco")
 def read_coco(config: DatasetConfig, spec: Any, skip_bad: bool = False) -> ReadReport:
     """Read one split of a COCO-format dataset into records."""
@@ -108,11 +128,9 @@ def read_coco(config: DatasetConfig, spec: Any, skip_bad: bool = False) -> ReadR
                 ann_path, f"JSON says {im['width']}x{im['height']} but {image} is {width}x{height}",
                 where=f"image id {image_id}",
             )  # fmt: skip
-        rows, labels, wheres = [], [], []
+        rows, labels, crowd, areas, wheres = [], [], [], [], []
         for i, a in per_image[image_id]:
             where = f"annotations[{i}] (id {a.get('id')})"
-            if a.get("iscrowd", 0):
-                continue
             cls = cat_to_cls.get(a.get("category_id"))
             if cls is None:
                 raise DataError(ann_path, f"category {a.get('category_id')} not in the config's names", where=where)
@@ -121,10 +139,18 @@ def read_coco(config: DatasetConfig, spec: Any, skip_bad: bool = False) -> ReadR
                 x, y, w, h = (float(v) for v in bbox)
             except (TypeError, ValueError):
                 raise DataError(ann_path, f"bbox must be 4 numbers [x, y, w, h], got {bbox!r}", where=where) from None
+            area = a.get("area")
+            if area is not None and (isinstance(area, bool) or not isinstance(area, (int, float)) or area < 0):
+                raise DataError(ann_path, f"area must be a number >= 0, got {area!r}", where=where)
             rows.append([x, y, x + w, y + h])
             labels.append(cls)
+            crowd.append(bool(a.get("iscrowd", 0)))
+            areas.append(np.nan if area is None else float(area))
             wheres.append(where)
         boxes, n_clipped = check_boxes(np.array(rows).reshape(-1, 4), width, height, ann_path, wheres=wheres)
-        return Record(image, boxes, np.array(labels, dtype=np.int64), width, height), n_clipped
+        record = Record(image, boxes, np.array(labels, dtype=np.int64), width, height,
+                        ignore=np.array(crowd, dtype=bool), area=np.array(areas, dtype=np.float64),
+                        image_id=image_id)  # fmt: skip
+        return record, n_clipped
 
     return collect(sorted(images, key=lambda k: str(images[k]["file_name"])), parse, skip_bad)

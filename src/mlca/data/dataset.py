@@ -76,7 +76,11 @@ class DetectionDataset(Dataset):
         return len(self.records)
 
     def load(self, i: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-        """``(image (3, H, W) uint8, boxes (n, 4) float32 xyxy original pixels, labels (n,) int64)``."""
+        """``(image (3, H, W) uint8, boxes (n, 4) float32 xyxy original pixels, labels (n,) int64)``.
+
+        The boxes are the training objects: those the record marks ``ignore`` (VOC difficult,
+        COCO crowd) are left out, as they are neither objects to learn nor background.
+        """
         rec = self.records[i]
         img = self._cache.get(i)
         if img is None:
@@ -88,7 +92,8 @@ class DetectionDataset(Dataset):
             img = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
             if self.cache:
                 self._cache[i] = img
-        return img, rec.boxes, rec.labels
+        boxes, labels = rec.train_objects
+        return img, boxes, labels
 
     def meta(self, i: int) -> dict[str, Any]:
         """The letterbox of image ``i``: ``dict(path, orig_size=(h, w), ratio, pad=(pad_x, pad_y))``."""

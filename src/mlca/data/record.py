@@ -24,6 +24,17 @@ class Record:
             coordinates: the image spans ``[0, width] x [0, height]``).
         labels: ``(n,)`` int64 class indices into the config's ``names``.
         width, height: the image size in pixels.
+        ignore: ``(n,)`` bool, True for an object that evaluation ignores (VOC ``difficult``,
+            COCO ``iscrowd``): a detection of it is neither a hit nor a false positive, and
+            missing it is no miss. Training targets leave these boxes out. Default all False.
+        area: ``(n,)`` float64, the object's area as the annotation gives it (COCO's ``area``,
+            the segmentation area, which decides COCO's small/medium/large ranges); NaN where
+            there is none, and evaluation then uses the box area. Default all NaN.
+        image_id: the dataset's own id of the image (COCO's integer ``id``, VOC's image id such
+            as ``"000005"``), written into result files; ``None`` when the format has none.
+
+    The per-object arrays (``boxes``, ``labels``, ``ignore``, ``area``) are parallel; filter
+    them together with :meth:`select`.
     """
 
     image: Path
@@ -31,10 +42,30 @@ class Record:
     labels: np.ndarray
     width: int
     height: int
+    ignore: np.ndarray | None = None
+    area: np.ndarray | None = None
+    image_id: int | str | None = None
 
     def __post_init__(self) -> None:
         self.image = Path(self.image)
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
-        if len(self.boxes) != len(self.labels):
-            raise ValueError(f"{self.image}: {len(self.boxes)} boxes but {len(self.labels)} labels")
+        n = len(self.boxes)
+        self.ignore = np.zeros(n, bool) if self.ignore is None else np.asarray(self.ignore, dtype=bool).reshape(-1)
+        self.area = np.full(n, np.nan) if self.area is None else np.asarray(self.area, dtype=np.float64).reshape(-1)
+        if isinstance(self.image_id, np.generic):
+            self.image_id = self.image_id.item()
+        for what, a in (("labels", self.labels), ("ignore flags", self.ignore), ("areas", self.area)):
+            if len(a) != n:
+                raise ValueError(f"{self.image}: {n} boxes but {len(a)} {what}")
+
+    def select(self, keep: np.ndarray) -> Record:
+        """A record with only the objects ``keep`` (a boolean mask or indices) selects."""
+        return Record(self.image, self.boxes[keep], self.labels[keep], self.width, self.height,
+                      self.ignore[keep], self.area[keep], self.image_id)  # fmt: skip
+
+    @property
+    def train_objects(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(boxes, labels)`` of the objects training learns from (the ignored ones left out)."""
+        keep = ~self.ignore
+        return self.boxes[keep], self.labels[keep]

@@ -14,7 +14,6 @@ and a parallel or cached scan gets them with each item's result.
 
 from __future__ import annotations
 
-import dataclasses
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,17 +169,9 @@ def check_boxes(
 
 
 def drop_degenerate(record: Record) -> Record:
-    """``record`` without its degenerate boxes (and their entries in every per-box array field)."""
+    """``record`` without its degenerate boxes (and their entries in every per-box array)."""
     bad = degenerate(record.boxes)
-    if not bad.any():
-        return record
-    n, keep = len(bad), ~bad
-    per_box = {
-        f.name: getattr(record, f.name)[keep]
-        for f in dataclasses.fields(record)
-        if isinstance(getattr(record, f.name), np.ndarray) and len(getattr(record, f.name)) == n
-    }
-    return dataclasses.replace(record, **per_box)
+    return record.select(~bad) if bad.any() else record
 
 
 def parse_one(parse: Callable[[object], tuple], item: object) -> tuple[Record, int, list[Note]]:

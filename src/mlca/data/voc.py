@@ -12,11 +12,11 @@ A VOC split spec is an entry or a list of entries (several years in one split), 
 VOC pixel coordinates are 1-based and inclusive (``xmin=1`` is the first pixel column), so
 ``[xmin, ymin, xmax, ymax]`` becomes the continuous box ``[xmin - 1, ymin - 1, xmax, ymax]``.
 
-``difficult`` objects are dropped, from training and from evaluation, unless the config sets
-``keep_difficult: true``. VOC's own protocol ignores them at evaluation (neither a hit nor a
-miss); COCO-style evaluation has no such state, and dropping them is the closer match than
-counting them as objects to find. A detection on a difficult object then counts as a false
-positive, so VOC mAP from mlca is slightly lower than the official devkit's.
+``difficult`` objects are kept in the record with ``ignore`` set: training leaves them out,
+and evaluation ignores them as the VOC devkit does (a detection of one is neither a hit nor a
+false positive, and missing one is no miss). With ``keep_difficult: true`` in the config they
+are ordinary objects, learnt and counted. The record's ``image_id`` is the VOC image id (the
+XML's stem, e.g. ``"000005"``).
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def parse_voc_xml(
         # some tools write 0 when they do not know the size; only a real disagreement is bad
         if xw > 0 and xh > 0 and (int(xw), int(xh)) != (width, height):
             raise DataError(xml, f"<size> says {int(xw)}x{int(xh)} but {image.name} is {width}x{height}", size.line)
-    rows, labels, lines = [], [], []
+    rows, labels, ignore, lines = [], [], [], []
     index = {n: i for i, n in enumerate(names)}
     for obj in tree.findall("object"):
         name = obj.find("name")
@@ -173,17 +173,18 @@ def parse_voc_xml(
         diff = obj.find("difficult")
         if diff is not None and diff.text not in ("", "0", "1"):
             raise DataError(xml, f"<difficult> must be 0 or 1, got {diff.text!r}", diff.line)
-        if diff is not None and diff.text == "1" and not keep_difficult:
-            continue
         bb = obj.find("bndbox")
         if bb is None:
             raise DataError(xml, "<object> without a <bndbox>", obj.line)
         x1, y1, x2, y2 = (_number(bb.find(k), xml, k, bb) for k in ("xmin", "ymin", "xmax", "ymax"))
         rows.append([x1 - 1, y1 - 1, x2, y2])
         labels.append(index[name.text])
+        ignore.append(diff is not None and diff.text == "1" and not keep_difficult)
         lines.append(bb.line)
     boxes, n_clipped = check_boxes(np.array(rows).reshape(-1, 4), width, height, xml, lines)
-    return Record(image, boxes, np.array(labels, dtype=np.int64), width, height), n_clipped
+    record = Record(image, boxes, np.array(labels, dtype=np.int64), width, height,
+                    ignore=np.array(ignore, dtype=bool), image_id=item.image_id)  # fmt: skip
+    return record, n_clipped
 
 
 @register_reader("voc")

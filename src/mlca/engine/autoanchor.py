@@ -34,7 +34,7 @@ def dataset_wh(records_or_wh: Any, img_size: int, scale_jitter: float = 0.1, see
     rng = np.random.default_rng(seed)
     parts = []
     for rec in records:
-        boxes = np.asarray(rec.boxes, dtype=np.float64).reshape(-1, 4)
+        boxes = np.asarray(rec.train_objects[0], dtype=np.float64).reshape(-1, 4)  # ignored objects left out
         if not len(boxes):
             continue
         ratio = img_size / max(rec.width, rec.height)

@@ -1,8 +1,13 @@
-"""Evaluate a detector on a dataset: inference, NMS, letterbox undo, COCO mAP.
+"""Evaluate a detector on a dataset: inference, NMS, letterbox undo, COCO or VOC mAP.
 
 Detections are mapped back to original-image pixels and compared with the original boxes of
 the dataset's records (not the letterboxed targets), so the numbers do not depend on the
-evaluation image size through rounding of the ground truth.
+evaluation image size through rounding of the ground truth. The records' ignored objects
+(VOC difficult, COCO crowd) are ignored ground truth, as the reference tools treat them.
+
+Protocols (``metric``): ``"coco"``, COCOeval's 101-point AP over IoU 0.5:0.95 (through
+faster-coco-eval, :mod:`mlca.engine.metrics`); ``"voc07"`` and ``"voc12"``, the VOC devkit's
+AP at IoU 0.5, 11-point and all-point (:mod:`mlca.engine.voc_ap`).
 
 Under DDP, call it on rank 0 only with a plain (non-distributed) loader over the whole
 validation set; the trainer does this with the EMA model.
@@ -19,8 +24,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from mlca.engine.metrics import ImageDets, ImageGT, coco_map
+from mlca.engine.metrics import ImageDets, ImageGT, coco_det_list, coco_gt_dict, coco_map
 from mlca.engine.postprocess import non_max_suppression, scale_boxes
+
+
+METRICS = ("coco", "voc07", "voc12")
 
 
 @dataclass
@@ -28,13 +36,19 @@ class EvalResult:
     """What :func:`evaluate` measured.
 
     Attributes:
-        map50: COCO mAP at IoU 0.5 (101-point interpolation), mean over classes with ground truth.
-        map: COCO mAP averaged over IoU 0.5:0.05:0.95.
+        map50: mAP at IoU 0.5, mean over classes with ground truth: COCO's 101-point AP for
+            ``metric="coco"``, the VOC devkit's AP for ``"voc07"`` (11-point) / ``"voc12"``.
+        map: COCO mAP averaged over IoU 0.5:0.05:0.95 (NaN for the VOC protocols).
         per_class: ``{name: {"ap50", "ap", "n_gt"}}``; AP is NaN for a class without ground truth.
-        n_images, n_gt: images evaluated and ground-truth boxes in them.
+        n_images, n_gt: images evaluated and (non-ignored) ground-truth boxes in them.
         speed: milliseconds per image, ``{"inference": ..., "nms": ...}``.
-        detections: with ``keep_detections=True``, every kept detection in original-image pixels,
-            ``{"image", "category_id", "category", "bbox" [x, y, w, h], "score"}`` (for ``--save-json``).
+        metric: the protocol, ``"coco"``, ``"voc07"`` or ``"voc12"``.
+        stats: COCOeval's 12 summary numbers (``metrics.COCO_STAT_NAMES``) for ``"coco"``.
+        detections: with ``keep_detections=True``, a COCO results list: every kept detection as
+            ``{"image_id", "category_id", "bbox" [x, y, w, h] original pixels, "score"}``, with
+            the dataset's own ids (see :func:`evaluate`).
+        ground_truth: with ``keep_detections=True``, the COCO ground-truth dict those ids refer
+            to (images with ``file_name``, ignored objects as ``iscrowd: 1``, class names).
     """
 
     map50: float
@@ -43,7 +57,10 @@ class EvalResult:
     n_images: int = 0
     n_gt: int = 0
     speed: dict[str, float] = field(default_factory=dict)
+    metric: str = "coco"
+    stats: list[float] = field(default_factory=list)
     detections: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    ground_truth: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def fitness(self) -> float:
@@ -103,6 +120,8 @@ def evaluate(
     workers: int = 0,
     progress: bool = False,
     keep_detections: bool = False,
+    metric: str = "coco",
+    category_ids: Sequence[int] | None = None,
 ) -> EvalResult:
     """mAP of ``model`` on ``data``.
 
@@ -119,12 +138,20 @@ def evaluate(
         amp: autocast the forward pass (fp16 on CUDA, bf16 on CPU).
         names: class names (default: ``model.names``, then ``dataset.names``, then indices).
         progress: show a tqdm bar.
-        keep_detections: fill ``EvalResult.detections`` (off by default: at ``conf_thres=0.001``
-            that is up to ``max_det`` dicts per image, every epoch).
+        keep_detections: fill ``EvalResult.detections`` and ``ground_truth`` (off by default:
+            at ``conf_thres=0.001`` that is up to ``max_det`` dicts per image, every epoch).
+        metric: ``"coco"``, ``"voc07"`` or ``"voc12"`` (see the module docstring).
+        category_ids: the dataset's category id of each class index (COCO data:
+            :func:`mlca.data.coco.coco_category_ids`); default ``index + 1``.
+
+    Image ids are the records' own (``Record.image_id``) when every record has an integer one
+    (COCO data), else 1..n in the order of ``data``.
 
     Returns:
-        :class:`EvalResult` with COCO mAP in original-image coordinates.
+        :class:`EvalResult` in original-image coordinates.
     """
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     from tqdm import tqdm
 
     net = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
@@ -142,6 +169,7 @@ def evaluate(
     gts: list[ImageGT] = []
     dets: list[ImageDets] = []
     paths: list[str] = []
+    own_ids: list[Any] = []
     t_inf = t_nms = 0.0
     try:
         with torch.inference_mode():
@@ -168,8 +196,9 @@ def evaluate(
                     path = str(meta["path"])
                     paths.append(path)
                     rec = records.get(path) if records is not None else None
+                    own_ids.append(rec.image_id if rec is not None else None)
                     if rec is not None:
-                        gts.append(ImageGT(rec.boxes, rec.labels, rec.width, rec.height))
+                        gts.append(ImageGT(rec.boxes, rec.labels, rec.width, rec.height, rec.ignore, rec.area))
                     else:
                         gts.append(_gt_from_targets(targets[targets[:, 0] == i][:, 1:].double(), meta,
                                                     tuple(imgs.shape[2:])))
@@ -177,17 +206,24 @@ def evaluate(
         if isinstance(net, nn.Module):
             net.train(was_training)
 
-    res = coco_map(gts, dets, names)
+    integer = all(isinstance(i, int) and not isinstance(i, bool) for i in own_ids)
+    image_ids = own_ids if own_ids and integer and len(set(own_ids)) == len(own_ids) else None
+    if metric == "coco":
+        res = coco_map(gts, dets, names, image_ids=image_ids, category_ids=category_ids)
+    else:
+        from mlca.engine.voc_ap import voc_map
+
+        res = voc_map(gts, dets, names, use_07_metric=metric == "voc07")
     n = max(len(dets), 1)
-    detections = [
-        {"image": p, "category_id": int(c), "category": names[int(c)],
-         "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])], "score": float(s)}
-        for p, d in zip(paths, dets) for b, s, c in zip(d.boxes, d.scores, d.labels)
-    ] if keep_detections else []
+    detections, ground_truth = [], {}
+    if keep_detections:
+        detections = coco_det_list(dets, image_ids, category_ids)
+        ground_truth = coco_gt_dict(gts, names, image_ids, category_ids, file_names=paths)
     return EvalResult(
         map50=res.map50, map=res.map, per_class=res.per_class, n_images=len(dets), n_gt=res.n_gt,
-        speed={"inference": 1000 * t_inf / n, "nms": 1000 * t_nms / n}, detections=detections,
+        speed={"inference": 1000 * t_inf / n, "nms": 1000 * t_nms / n}, metric=metric, stats=res.stats,
+        detections=detections, ground_truth=ground_truth,
     )
 
 
-__all__ = ["EvalResult", "evaluate"]
+__all__ = ["METRICS", "EvalResult", "evaluate"]
