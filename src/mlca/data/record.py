@@ -6,6 +6,7 @@ engine can all use it without pulling each other in.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,9 +61,17 @@ class Record:
                 raise ValueError(f"{self.image}: {n} boxes but {len(a)} {what}")
 
     def select(self, keep: np.ndarray) -> Record:
-        """A record with only the objects ``keep`` (a boolean mask or indices) selects."""
-        return Record(self.image, self.boxes[keep], self.labels[keep], self.width, self.height,
-                      self.ignore[keep], self.area[keep], self.image_id)  # fmt: skip
+        """A record with only the objects ``keep`` (a boolean mask or indices) selects.
+
+        Every per-object array field is filtered, a subclass's own ones included.
+        """
+        n = len(self.boxes)
+        per_box = {
+            f.name: getattr(self, f.name)[keep]
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), np.ndarray) and len(getattr(self, f.name)) == n
+        }
+        return dataclasses.replace(self, **per_box)
 
     @property
     def train_objects(self) -> tuple[np.ndarray, np.ndarray]:
