@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 from mlca.engine import distributed as D
 from mlca.engine.checkpoint import load_checkpoint, save_checkpoint
 from mlca.engine.ema import ModelEMA, unwrap
-from mlca.engine.schedule import WarmupCosine, build_optimizer
+from mlca.engine.schedule import WarmupCosine, build_optimizer, warmup_bias_lr_for
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingDivergedError", "train", "fitness"]
 
@@ -76,7 +76,7 @@ class TrainConfig:
     warmup_epochs: float = 3.0
     warmup_min_iters: int = 50
     warmup_momentum: float = 0.8
-    warmup_bias_lr: float = 0.1
+    warmup_bias_lr: float | None = None  # bias lr at warmup start; None: per optimizer (SGD 0.1, AdamW lr0)
     grad_clip: float = 10.0  # max grad norm; 0 disables
     ema_decay: float = 0.9999
     ema_tau: float | None = None  # EMA ramp in updates; None: total_iters / 5, at most 2000 (YOLOv5's)
@@ -335,7 +335,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo, device: torch.device, ckpt: dict 
     schedule = WarmupCosine(lr0=cfg.lr0, lrf=cfg.lrf, total_iters=total_iters,
                             warmup_iters=warmup_iters,
                             momentum=cfg.momentum, warmup_momentum=cfg.warmup_momentum,
-                            warmup_bias_lr=cfg.warmup_bias_lr)
+                            warmup_bias_lr=(cfg.warmup_bias_lr if cfg.warmup_bias_lr is not None
+                                            else warmup_bias_lr_for(cfg.optimizer, cfg.lr0)))
 
     start_epoch, best_fitness, rows = 0, -1.0, []
     if ckpt is not None:
