@@ -210,6 +210,13 @@ def test_cli_trains_on_a_slice_of_the_embedded_dataset(tmp_path, capsys):
     assert "done:" in capsys.readouterr().out
     model = load_model(out / "weights" / "best.pt")
     assert model.config["attention"] == "mlca"
+    # resuming (a finished run: nothing to train) with options it cannot honour names each of them
+    rc = main(["train", "--resume", str(out / "weights" / "last.pt"), "--lr0", "0.5", "--epochs", "4",
+               "--img-size", "64", "--workers", "0", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "mlca train: warning:" in err
+    assert "--lr0 0.5" in err and "--epochs 4" in err and "--workers" not in err and "--quiet" not in err
+    assert "--img-size" not in err  # the run's own value: nothing lost
 
 
 # --- resume: the checkpoint's run folder, and every ignored option named --------------------------

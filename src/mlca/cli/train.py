@@ -13,6 +13,7 @@ import os
 import sys
 import types
 import typing
+import warnings
 
 import yaml
 
@@ -30,6 +31,15 @@ def _scalar_type(hint: object) -> type:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         return args[0] if len(args) == 1 else str
     return hint  # type: ignore[return-value]
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: ...)`` unless the help text already says what the default is, or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if "(default" in (action.help or "") or action.default in (None, [], "", argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
@@ -61,7 +71,7 @@ def add_parser(subparsers, name: str = "train", help: str | None = None) -> argp
     p = subparsers.add_parser(
         name, help=help, description="Train MAY. Writes weights/last.pt, weights/best.pt, results.csv, "
         "loss.png, map.png and args.yaml into --out.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     add_config_arguments(p)
     p.set_defaults(func=run)
@@ -80,11 +90,17 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from mlca.engine.train import TrainingDivergedError, train
+    from mlca.engine.train import TrainingDivergedError, TrainingWarning, train
+
+    def show(message, category, *rest, **kw):  # one plain line, not the warnings module's file:line form
+        print(f"mlca train: warning: {message}", file=sys.stderr, flush=True)
 
     try:
         cfg = config_from_args(args)
-        result = train(cfg)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", TrainingWarning)
+            warnings.showwarning = show
+            result = train(cfg)
     except (TrainingDivergedError, FileNotFoundError, ValueError) as e:
         print(f"mlca train: error: {e}", file=sys.stderr)
         return 1

@@ -118,7 +118,9 @@ class TrainConfig:
     out: str = _opt("runs/train/exp", "run folder (exp -> exp2... if it already holds a run)")
     exist_ok: bool = _opt(False, "write into --out even if it holds a run")
     resume: bool | str = _opt(False, "continue the interrupted run in --out, or the run of the given "
-                                     "last.pt, with its own settings", metavar="LAST_PT")
+                                     "last.pt (written into that run's folder), with its own settings; "
+                                     "other options than --device, --workers, --quiet are ignored, "
+                                     "each named in a warning", metavar="LAST_PT")
     device: str = _opt("", "cpu, cuda, cuda:1 or 1 (default: CUDA if available)")
     workers: int | None = _opt(None, "data-loading worker processes (default: on CUDA min(8, CPUs per "
                                      "local rank), on the CPU 0)")
