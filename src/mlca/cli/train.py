@@ -47,9 +47,10 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     from mlca.engine.train import TrainConfig, flag_name
 
     hints = typing.get_type_hints(TrainConfig)
-    defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
-        flag, meta, default = flag_name(f), f.metadata, getattr(defaults, f.name)
+        # the field's own default (building a TrainConfig would import the whole training stack)
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        flag, meta = flag_name(f), f.metadata
         kw: dict = {"dest": f.name, "help": meta.get("help") or None}
         if "metavar" in meta:
             kw["metavar"] = meta["metavar"]

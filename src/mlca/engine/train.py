@@ -41,7 +41,6 @@ from mlca.engine.checkpoint import load_checkpoint, save_checkpoint
 from mlca.engine.dataload import DataWaitMonitor, default_workers, local_world_size
 from mlca.engine.ema import ModelEMA
 from mlca.engine.fitness import fitness
-from mlca.engine.hyp import split_hyp
 from mlca.engine.schedule import WarmupCosine, build_optimizer, warmup_bias_lr_for
 from mlca.engine.unwrap import unwrap
 
@@ -146,6 +145,8 @@ class TrainConfig:
         self.out = str(self.out)
         if not isinstance(self.resume, bool):
             self.resume = str(self.resume)
+        from mlca.engine.hyp import split_hyp  # imported here: it pulls in torchvision, which --help does not need
+
         split_hyp(self.hyp, "TrainConfig.hyp")  # unknown keys and bad values fail here, before any work
 
     def to_dict(self) -> dict[str, Any]:
@@ -342,6 +343,8 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, info: D.DistInfo, device: torch.device, ckpt: dict | None = None) -> None:
+        from mlca.engine.hyp import split_hyp
+
         self.cfg, self.info, self.device, self.ckpt = cfg, info, device, ckpt
         self.gains, self.augment = split_hyp(cfg.hyp, "TrainConfig.hyp")
 
