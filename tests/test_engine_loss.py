@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from mlca.engine.loss import BALANCE, DEFAULT_HYP, YoloLoss, bbox_ciou
+from mlca.engine.loss import BALANCE, LossGains, YoloLoss, bbox_ciou
 
 ANCHORS = [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]]
 STRIDES = (8, 16, 32)
@@ -209,7 +209,7 @@ def test_loss_equals_float64_reference(nc, smoothing):
     cxy = wh / 2 + torch.rand(batch, 2, generator=gen) * (1 - wh)
     cls = torch.randint(0, nc, (batch, 1), generator=gen).float()
     targets = torch.cat([torch.arange(batch).float().unsqueeze(1), cls, cxy, wh], 1)
-    hyp = {**DEFAULT_HYP, "label_smoothing": smoothing, "img_size": size}
+    hyp = {**LossGains().to_dict(), "label_smoothing": smoothing, "img_size": size}
     total, items = YoloLoss(FakeDetector(nc), hyp)(raw, targets)
     ref_total, ref_items = reference_loss(raw, targets, nc, size, hyp)
     np.testing.assert_allclose(items.numpy(), ref_items, rtol=1e-4, atol=1e-7)

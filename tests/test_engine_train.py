@@ -89,7 +89,8 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tiny_data, tmp_
     assert load_checkpoint(tmp_path / "killed" / "weights" / "last.pt")["epoch"] == 0
     monkeypatch.setattr(T, "_epoch_seed", real_seed)
     # the resumed run takes its settings from the checkpoint, not from these (different) arguments
-    resumed = T.train(_cfg(tiny_data, tmp_path / "killed", resume=True, epochs=7, lr0=1.0))
+    with pytest.warns(T.TrainingWarning, match=r"ignored: --epochs 7 \(the run has 2\), --lr0 1.0 \(the run has 0.004\)"):
+        resumed = T.train(_cfg(tiny_data, tmp_path / "killed", resume=True, epochs=7, lr0=1.0))
 
     a, b = load_checkpoint(straight.last), load_checkpoint(resumed.last)
     assert a["epoch"] == b["epoch"] == 1
@@ -209,3 +210,71 @@ def test_cli_trains_on_a_slice_of_the_embedded_dataset(tmp_path, capsys):
     assert "done:" in capsys.readouterr().out
     model = load_model(out / "weights" / "best.pt")
     assert model.config["attention"] == "mlca"
+    # resuming (a finished run: nothing to train) with options it cannot honour names each of them
+    rc = main(["train", "--resume", str(out / "weights" / "last.pt"), "--lr0", "0.5", "--epochs", "4",
+               "--img-size", "64", "--workers", "0", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "mlca train: warning:" in err
+    assert "--lr0 0.5" in err and "--epochs 4" in err and "--workers" not in err and "--quiet" not in err
+    assert "--img-size" not in err  # the run's own value: nothing lost
+
+
+# --- resume: the checkpoint's run folder, and every ignored option named --------------------------
+
+def test_resumed_config_keeps_the_run_and_names_what_it_ignores(tmp_path):
+    saved = {**T.TrainConfig(epochs=2, lr0=0.004, out="a/exp").to_dict(), "gone_field": 1}
+    del saved["ema_decay"]  # a field the checkpoint predates
+    cfg = T.TrainConfig(resume=str(tmp_path / "exp" / "weights" / "last.pt"), epochs=2, lr0=1.0, attention="eca",
+                        device="cpu", workers=2, verbose=False, ema_decay=0.99, out="somewhere/else")
+    new, ignored = T.resumed_config(cfg, saved, tmp_path / "exp")
+    assert (new.epochs, new.lr0, new.attention) == (2, 0.004, "mlca")  # the run's own settings
+    assert (new.device, new.workers, new.verbose, new.out) == ("cpu", 2, False, str(tmp_path / "exp"))
+    assert new.ema_decay == 0.99  # not in the checkpoint: the given value
+    text = " ".join(ignored)
+    assert "--lr0 1.0 (the run has 0.004)" in text and "--attention 'eca'" in text and "--out somewhere/else" in text
+    assert not any(k in text for k in ("--epochs", "--device", "--workers", "--quiet", "--ema-decay"))
+    # resume=True finds the run through --out, which is then not ignored
+    _, ignored = T.resumed_config(T.TrainConfig(resume=True, out=str(tmp_path / "exp")), saved, tmp_path / "exp")
+    assert ignored == []
+    assert T.run_dir_of(tmp_path / "exp" / "weights" / "last.pt") == tmp_path / "exp"
+    assert T.run_dir_of(tmp_path / "copy" / "last.pt") == tmp_path / "copy"
+
+
+def test_resume_writes_into_the_checkpoints_run_folder_and_warns(tiny_data, tmp_path, monkeypatch):
+    import warnings
+
+    from mlca.engine.checkpoint import save_checkpoint
+    from mlca.engine.dataload import DataWaitMonitor
+
+    # the data-wait warning, with the device abstracted: a monitor that measures on the CPU and
+    # warns above 0 % must warn once in a two-epoch run, not once per epoch
+    monkeypatch.setattr(T, "DataWaitMonitor", lambda enabled: DataWaitMonitor(True, threshold=0.0, skip=0))
+    with pytest.warns(T.TrainingWarning, match="waited for data") as record:
+        r = T.train(_cfg(tiny_data, tmp_path / "runs" / "exp", epochs=2, autoanchor=False))
+    assert sum("waited for data" in str(w.message) for w in record) == 1
+    monkeypatch.undo()
+
+    # resuming by the path of weights/last.pt stays in that run (a finished one: nothing to train)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", T.TrainingWarning)  # only where-it-runs options: no warning
+        again = T.train(T.TrainConfig(data=tiny_data, resume=str(r.last), device="cpu", workers=0, verbose=False))
+    assert again.run_dir == r.run_dir and sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["exp"]
+
+    # a last.pt outside a weights/ folder, in the checkpoint format of the trainer before the bias
+    # warmup and the workers could be left to the defaults (explicit 0.1 and 0 saved)
+    ckpt = load_checkpoint(r.last)
+    ckpt["train_config"] = {**ckpt["train_config"], "warmup_bias_lr": 0.1, "workers": 0, "epochs": 3}
+    moved = tmp_path / "moved" / "copy"
+    save_checkpoint(moved / "last.pt", ckpt)
+    with pytest.warns(T.TrainingWarning) as record:
+        res = T.train(T.TrainConfig(data=tiny_data, resume=str(moved / "last.pt"), lr0=1.0, epochs=9,
+                                    out=str(tmp_path / "elsewhere"), verbose=False))
+    text = " ".join(str(w.message) for w in record)
+    assert "--lr0 1.0" in text and "--epochs 9" in text and "--out" in text and "elsewhere" in text
+    assert res.run_dir == moved and res.last == moved / "weights" / "last.pt"
+    assert sorted(p.name for p in (tmp_path / "moved").iterdir()) == ["copy"]  # never the parent
+    assert not (tmp_path / "elsewhere").exists()
+    out = load_checkpoint(res.last)
+    assert out["epoch"] == 2 and len(out["results"]) == 3
+    assert out["train_config"]["warmup_bias_lr"] == 0.1 and out["train_config"]["lr0"] == 0.004
+    assert out["train_config"]["out"] == str(moved)

@@ -10,6 +10,10 @@ kept less than ``min_visible`` of its area, or is thinner than ``min_size`` pixe
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -19,6 +23,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 __all__ = [
+    "AugmentSettings",
     "DEFAULT_HYP",
     "PAD_VALUE",
     "resolve_hyp",
@@ -31,37 +36,64 @@ __all__ = [
 # YOLO's grey: the padding value the detectors of this family are trained with
 PAD_VALUE = 114
 
-# Augmentation defaults, chosen for small datasets trained from scratch (YOLOv5's
-# hyp.scratch-low, toned down where a short schedule cannot absorb it):
-DEFAULT_HYP: dict[str, float] = {
-    "hsv_h": 0.0,  # hue jitter, fraction of the colour wheel: off, as hue is often a class cue and
+@dataclass(frozen=True)
+class AugmentSettings:
+    """Training augmentation settings, with defaults chosen for small datasets trained from
+    scratch (YOLOv5's hyp.scratch-low, toned down where a short schedule cannot absorb it).
+    """
+
+    hsv_h: float = 0.0  # hue jitter, fraction of the colour wheel: off, as hue is often a class cue and
     # v2's RGB->HSV->RGB round trip is 3/4 of the colour jitter's cost
-    "hsv_s": 0.5,  # saturation jitter: factor in [1 - s, 1 + s]
-    "hsv_v": 0.3,  # brightness jitter: factor in [1 - v, 1 + v]
-    "degrees": 0.0,  # rotation: boxes of rotated boxes grow loose, so off by default
-    "translate": 0.1,  # shift, fraction of the output size
-    "scale": 0.5,  # zoom factor in [1 - scale, 1 + scale]
-    "shear": 0.0,  # shear in degrees
-    "fliplr": 0.5,  # probability of a horizontal flip
-    "flipud": 0.0,  # probability of a vertical flip (off: most scenes have an "up")
-    "mosaic": 0.5,  # probability that a training image is a 4-image mosaic
-    "min_size": 2.0,  # boxes thinner than this (pixels, after augmentation) are dropped
-    "min_visible": 0.2,  # boxes keeping less than this fraction of their area are dropped
-}
+    hsv_s: float = 0.5  # saturation jitter: factor in [1 - s, 1 + s]
+    hsv_v: float = 0.3  # brightness jitter: factor in [1 - v, 1 + v]
+    degrees: float = 0.0  # rotation: boxes of rotated boxes grow loose, so off by default
+    translate: float = 0.1  # shift, fraction of the output size
+    scale: float = 0.5  # zoom factor in [1 - scale, 1 + scale]
+    shear: float = 0.0  # shear in degrees
+    fliplr: float = 0.5  # probability of a horizontal flip
+    flipud: float = 0.0  # probability of a vertical flip (off: most scenes have an "up")
+    mosaic: float = 0.5  # probability that a training image is a 4-image mosaic
+    min_size: float = 2.0  # boxes thinner than this (pixels, after augmentation) are dropped
+    min_visible: float = 0.2  # boxes keeping less than this fraction of their area are dropped
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                raise ValueError(f"hyp[{f.name!r}] must be a number, got {v!r}")
+            object.__setattr__(self, f.name, float(v))
+        for k in ("fliplr", "flipud", "mosaic", "min_visible"):
+            if not 0.0 <= getattr(self, k) <= 1.0:
+                raise ValueError(f"hyp[{k!r}] must be a probability/fraction in [0, 1], got {getattr(self, k)}")
+        if not 0.0 <= self.scale < 1.0:
+            raise ValueError(f"hyp['scale'] must be in [0, 1), got {self.scale}")
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def from_mapping(cls, hyp: Mapping[str, Any] | None) -> AugmentSettings:
+        """The defaults updated with ``hyp``'s augmentation keys (other keys, e.g. loss gains, are ignored)."""
+        return cls(**{k: v for k, v in (hyp or {}).items() if k in cls.keys()})
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
 
 
-def resolve_hyp(hyp: dict[str, Any] | None) -> dict[str, float]:
-    """The defaults updated with ``hyp``'s augmentation keys (other keys, e.g. loss gains, are ignored)."""
-    out = dict(DEFAULT_HYP)
-    for k, v in (hyp or {}).items():
-        if k in out:
-            out[k] = float(v)
-    for k in ("fliplr", "flipud", "mosaic", "min_visible"):
-        if not 0.0 <= out[k] <= 1.0:
-            raise ValueError(f"hyp[{k!r}] must be a probability/fraction in [0, 1], got {out[k]}")
-    if not 0.0 <= out["scale"] < 1.0:
-        raise ValueError(f"hyp['scale'] must be in [0, 1), got {out['scale']}")
-    return out
+# The defaults as a read-only mapping, for code that reads them by key.
+DEFAULT_HYP: Mapping[str, float] = MappingProxyType(AugmentSettings().to_dict())
+
+
+def resolve_hyp(hyp: AugmentSettings | Mapping[str, Any] | None) -> dict[str, float]:
+    """Augmentation settings as a plain dict (the dataset's ``hyp``, which the trainer may edit).
+
+    ``hyp`` is an :class:`AugmentSettings`, or a mapping whose augmentation keys override the
+    defaults (other keys, e.g. loss gains, are ignored); values are checked as there.
+    """
+    if not isinstance(hyp, AugmentSettings):
+        hyp = AugmentSettings.from_mapping(hyp)
+    return hyp.to_dict()
 
 
 def letterbox_params(width: int, height: int, size: int) -> tuple[float, int, int, int, int]:
@@ -171,7 +203,8 @@ class TrainAugment:
     ``-> (image (3, out, out) uint8, boxes (m, 4) xyxy float32, labels (m,))``, ``m <= n``.
     """
 
-    def __init__(self, hyp: dict[str, float]) -> None:
+    def __init__(self, hyp: AugmentSettings | Mapping[str, float]) -> None:
+        hyp = resolve_hyp(hyp) if isinstance(hyp, AugmentSettings) else hyp
         self.hyp = hyp
         jitter = {
             "brightness": hyp["hsv_v"] or None,

@@ -9,11 +9,14 @@ resumption) gets the same anchors.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from mlca.engine.unwrap import unwrap
 
 
 def dataset_wh(records_or_wh: Any, img_size: int, scale_jitter: float = 0.1, seed: int = 0) -> np.ndarray:
@@ -58,6 +61,12 @@ def anchor_fitness(wh: np.ndarray, anchors: np.ndarray, thr: float = 4.0) -> tup
     return float((best > 1 / thr).mean()), float((x > 1 / thr).sum(1).mean())
 
 
+def _kmeans_rng(kmeans: Any, rng: np.random.Generator) -> dict[str, Any]:
+    """How to hand ``rng`` to scipy's ``kmeans``: ``rng=`` from scipy 1.15, ``seed=`` (which takes a
+    Generator as well) before; both draw the same initial centroids from the same generator."""
+    return {"rng": rng} if "rng" in inspect.signature(kmeans).parameters else {"seed": rng}
+
+
 def kmean_anchors(
     wh: np.ndarray, n: int = 9, img_size: int = 640, thr: float = 4.0, gen: int = 1000, seed: int = 0
 ) -> np.ndarray:
@@ -79,7 +88,7 @@ def kmean_anchors(
     # k-means on whitened (w, h); scipy's kmeans draws its initial centroids from `rng`
     std = wh.std(0)
     std[std == 0] = 1.0
-    k, _ = kmeans(wh / std, n, iter=30, rng=rng)
+    k, _ = kmeans(wh / std, n, iter=30, **_kmeans_rng(kmeans, rng))
     if len(k) < n:  # fewer distinct clusters than asked (few distinct box sizes): fall back
         k = np.quantile(wh / std, np.linspace(0.05, 0.95, n), axis=0)
     k = k * std
@@ -123,7 +132,7 @@ def check_anchors(
         The new anchors ``(nl, na, 2)`` in pixels (already written into the model), or ``None``
         when the current anchors are kept (good enough, too few boxes, or no better fit found).
     """
-    net = model.module if hasattr(model, "module") else model
+    net = unwrap(model)
     anchors = net.detect.anchors
     nl, na = int(anchors.shape[0]), int(anchors.shape[1])
     wh = dataset_wh(dataset, img_size, seed=seed)

@@ -14,19 +14,16 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["ModelEMA", "unwrap"]
+from mlca.engine.unwrap import unwrap
 
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The underlying module of a DistributedDataParallel/DataParallel wrapper (or the module)."""
-    return model.module if hasattr(model, "module") and isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
+__all__ = ["ModelEMA", "unwrap"]  # unwrap re-exported: it was defined here first
 
 
 class ModelEMA:
     """EMA of all floating-point entries of a model's state_dict (weights and BN statistics).
 
     Args:
-        model: the model being trained (a DDP wrapper is unwrapped).
+        model: the model being trained (DDP / compile wrappers are unwrapped).
         decay: the asymptotic decay.
         tau: ramp length in updates; ``decay(updates) = decay * (1 - exp(-updates / tau))``.
         updates: number of updates already done (for resume).

@@ -64,8 +64,10 @@ class EvalResult:
 
     @property
     def fitness(self) -> float:
-        """YOLOv5's model-selection score: 0.1 mAP@0.5 + 0.9 mAP@0.5:0.95."""
-        return 0.1 * self.map50 + 0.9 * self.map
+        """YOLOv5's model-selection score: 0.1 mAP@0.5 + 0.9 mAP@0.5:0.95 (:func:`mlca.engine.fitness.fitness`)."""
+        from mlca.engine.fitness import fitness
+
+        return fitness(self.map50, self.map)
 
 
 def _loader(data: Dataset | DataLoader, batch_size: int, workers: int) -> DataLoader:

@@ -8,24 +8,54 @@ which triples the positives and lets a cell predict centres in ``(-0.5, 1.5)``.
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torchvision.ops import complete_box_iou_loss
 
-# YOLOv5 hyp.scratch-low values; they are the reference for training from scratch and hold up
-# on small datasets. The gains are rescaled in ``YoloLoss.__init__`` (see there).
-DEFAULT_HYP: dict[str, float] = {
-    "box": 0.05,  # box loss gain
-    "obj": 1.0,  # objectness loss gain
-    "cls": 0.5,  # class loss gain
-    "anchor_t": 4.0,  # a target matches an anchor if max(w/wa, wa/w, h/ha, ha/h) < anchor_t
-    "label_smoothing": 0.0,  # epsilon of label smoothing on the class BCE targets
-    "cls_pw": 1.0,  # positive weight of the class BCE
-    "obj_pw": 1.0,  # positive weight of the objectness BCE
-    "img_size": 640,  # training image size; the objectness gain scales with (img_size / 640)^2
-}
+from mlca.engine.unwrap import unwrap
+
+@dataclass(frozen=True)
+class LossGains:
+    """The loss's settings: YOLOv5 hyp.scratch-low values, the reference for training from scratch
+    that holds up on small datasets. The gains are rescaled in ``YoloLoss.__init__`` (see there).
+    """
+
+    box: float = 0.05  # box loss gain
+    obj: float = 1.0  # objectness loss gain
+    cls: float = 0.5  # class loss gain
+    anchor_t: float = 4.0  # a target matches an anchor if max(w/wa, wa/w, h/ha, ha/h) < anchor_t
+    label_smoothing: float = 0.0  # epsilon of label smoothing on the class BCE targets
+    cls_pw: float = 1.0  # positive weight of the class BCE
+    obj_pw: float = 1.0  # positive weight of the objectness BCE
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                raise ValueError(f"loss gain {f.name!r} must be a number, got {v!r}")
+            object.__setattr__(self, f.name, float(v))
+        if self.anchor_t <= 1.0:
+            raise ValueError(f"loss gain 'anchor_t' must be > 1 (a ratio), got {self.anchor_t}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"loss gain 'label_smoothing' must be in [0, 1), got {self.label_smoothing}")
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def from_mapping(cls, hyp: Mapping[str, Any] | None) -> LossGains:
+        """The defaults updated with ``hyp``'s loss keys; other keys (augmentation, ``img_size``) are ignored."""
+        return cls(**{k: v for k, v in (hyp or {}).items() if k in cls.keys()})
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
 
 # Objectness weight per level (P3, P4, P5): small-stride maps have many more negative cells.
 BALANCE = (4.0, 1.0, 0.4)
@@ -49,9 +79,12 @@ class YoloLoss:
         model: the detector (or a DDP wrapper around it); read for ``detect.anchors`` (pixels,
             ``(nl, na, 2)``), ``stride`` (``(nl,)``) and ``num_classes``. Anchors are read at every
             call, so anchors refitted after construction (autoanchor) are used.
-        hyp: overrides of :data:`DEFAULT_HYP`. The gains are scaled as in YOLOv5 so one set
-            of hyperparameters works across class counts, level counts and image sizes:
-            ``box *= 3/nl``, ``cls *= nc/80 * 3/nl``, ``obj *= (img_size/640)^2 * 3/nl``.
+        gains: a :class:`LossGains`, or a mapping of overrides of its defaults (keys that are
+            not loss settings are ignored, so a whole hyperparameter dict may be passed; its
+            ``img_size`` key is read when ``img_size`` is not given). The gains are scaled as in
+            YOLOv5 so one set of hyperparameters works across class counts, level counts and
+            image sizes: ``box *= 3/nl``, ``cls *= nc/80 * 3/nl``, ``obj *= (img_size/640)^2 * 3/nl``.
+        img_size: the training image size (default 640, YOLOv5's reference size).
 
     ``__call__(raw, targets)``:
         raw: list of ``nl`` tensors ``(B, na, h_i, w_i, 5 + nc)`` of logits (``model.train()`` output).
@@ -61,10 +94,16 @@ class YoloLoss:
         ``[box, obj, cls]`` per-image losses for logging.
     """
 
-    def __init__(self, model: nn.Module, hyp: dict[str, Any] | None = None) -> None:
-        # hyp dicts are shared with the trainer, which keeps other keys (lr, augmentation) in them
-        self.hyp = {**DEFAULT_HYP, **{k: v for k, v in (hyp or {}).items() if k in DEFAULT_HYP}}
-        self.model = model.module if hasattr(model, "module") else model
+    def __init__(
+        self, model: nn.Module, gains: LossGains | Mapping[str, Any] | None = None, img_size: int | None = None
+    ) -> None:
+        if not isinstance(gains, LossGains):
+            if img_size is None and gains is not None and "img_size" in gains:
+                img_size = int(gains["img_size"])
+            gains = LossGains.from_mapping(gains)
+        self.gains = gains
+        self.img_size = 640 if img_size is None else int(img_size)
+        self.model = unwrap(model)
         self.nc = int(self.model.num_classes)
         anchors = self.model.detect.anchors
         self.nl, self.na = int(anchors.shape[0]), int(anchors.shape[1])
@@ -73,11 +112,11 @@ class YoloLoss:
         # YOLOv5's balance for other level counts (P3-P7)
         self.balance = BALANCE if self.nl == 3 else (4.0, 1.0, 0.25, 0.06, 0.02)[: self.nl]
         scale = 3.0 / self.nl
-        self.box_gain = float(self.hyp["box"]) * scale
-        self.cls_gain = float(self.hyp["cls"]) * self.nc / 80.0 * scale
-        self.obj_gain = float(self.hyp["obj"]) * (float(self.hyp["img_size"]) / 640.0) ** 2 * scale
-        self.anchor_t = float(self.hyp["anchor_t"])
-        eps = float(self.hyp["label_smoothing"])
+        self.box_gain = gains.box * scale
+        self.cls_gain = gains.cls * self.nc / 80.0 * scale
+        self.obj_gain = gains.obj * (self.img_size / 640.0) ** 2 * scale
+        self.anchor_t = gains.anchor_t
+        eps = gains.label_smoothing
         # label smoothing as in YOLOv5 (BCE targets 1 - eps/2 and eps/2)
         self.cls_pos, self.cls_neg = 1.0 - 0.5 * eps, 0.5 * eps
 
@@ -105,8 +144,8 @@ class YoloLoss:
         anchors = _grid_anchors(self.model).to(device)
         tcls, tbox, indices = self.build_targets(raw, targets)
 
-        pos_weight_cls = torch.tensor([float(self.hyp["cls_pw"])], device=device)
-        pos_weight_obj = torch.tensor([float(self.hyp["obj_pw"])], device=device)
+        pos_weight_cls = torch.tensor([self.gains.cls_pw], device=device)
+        pos_weight_obj = torch.tensor([self.gains.obj_pw], device=device)
         lbox = torch.zeros((), device=device)
         lobj = torch.zeros((), device=device)
         lcls = torch.zeros((), device=device)
@@ -202,4 +241,4 @@ def _cxcywh_to_xyxy(xy: Tensor, wh: Tensor) -> Tensor:
     return torch.cat((xy - wh / 2, xy + wh / 2), dim=1)
 
 
-__all__ = ["BALANCE", "DEFAULT_HYP", "YoloLoss", "bbox_ciou"]
+__all__ = ["BALANCE", "LossGains", "YoloLoss", "bbox_ciou"]

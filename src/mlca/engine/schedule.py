@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["param_groups", "build_optimizer", "WarmupCosine"]
+__all__ = ["param_groups", "build_optimizer", "warmup_bias_lr_for", "WarmupCosine"]
 
 # group order matters: WarmupCosine treats the group at BIAS_GROUP specially during warmup
 DECAY_GROUP, NO_DECAY_GROUP, BIAS_GROUP = 0, 1, 2
@@ -59,15 +59,39 @@ def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float, wei
     raise ValueError(f"unknown optimizer {name!r}; choose 'sgd' or 'adamw'")
 
 
+# Where the bias learning rate starts its warmup, per optimizer, when not set explicitly.
+# SGD: YOLOv5's absolute 0.1 (10x its lr0 0.01): an SGD step is lr x gradient, and the small
+# gradients of the detect biases need the boost to move in the first iterations.
+# AdamW: an Adam step is about lr whatever the gradient's size, so 0.1 would move *every* bias
+# (BN shifts included) by up to 0.1 per step, 25x lr0 0.004, for the whole warmup (thousands of
+# iterations on a VOC-sized set). The detect biases start at their objectness/class priors
+# (``Detect.init_biases``), so nothing needs the boost: the biases warm up from 0 with the weights.
+# Measured on the embedded set (docs/training.md): no worse than 0.1, while starting at lr0 diverged.
+_WARMUP_BIAS_SGD = 0.1
+_WARMUP_BIAS_ADAMW_X_LR0 = 0.0
+
+
+def warmup_bias_lr_for(optimizer: str, lr0: float) -> float:
+    """The default start of the bias warmup for ``optimizer`` ("sgd" or "adamw") at base rate ``lr0``:
+    0.1 for SGD (YOLOv5's), 0 for AdamW (the biases warm up with the weights)."""
+    name = optimizer.lower()
+    if name == "sgd":
+        return _WARMUP_BIAS_SGD
+    if name == "adamw":
+        return _WARMUP_BIAS_ADAMW_X_LR0 * lr0
+    raise ValueError(f"unknown optimizer {optimizer!r}; choose 'sgd' or 'adamw'")
+
+
 @dataclass(frozen=True)
 class WarmupCosine:
     """Learning rate and momentum as a function of the global iteration.
 
     * Cosine from ``lr0`` at iteration 0 down to ``lr0 * lrf`` at ``total_iters``.
     * During the first ``warmup_iters`` the weights ramp linearly from 0 to the cosine value
-      (large early steps on a random init blow up BN statistics), while biases ramp *down*
-      from ``warmup_bias_lr`` (YOLOv5's trick: the detect biases hold the objectness prior and
-      must move fast at the start, when nothing else is learnt yet); momentum ramps from
+      (large early steps on a random init blow up BN statistics), while biases ramp from
+      ``warmup_bias_lr`` (YOLOv5's trick for SGD, 0.1: the detect biases hold the objectness
+      prior and must move fast at the start, when nothing else is learnt yet; see
+      :func:`warmup_bias_lr_for` for the per-optimizer default); momentum ramps from
       ``warmup_momentum`` to ``momentum``.
     """
 

@@ -1,0 +1,297 @@
+"""The trainer's settings: the CLI built from TrainConfig, hyp files split into typed settings,
+fitness and unwrap as single functions, the bias warmup per optimizer, loader workers and the
+data-wait warning (device abstracted), scipy's kmeans seeding."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import mlca.engine.train as T
+from mlca.cli.train import add_parser, config_from_args
+from mlca.data.transforms import AugmentSettings, resolve_hyp
+from mlca.engine.dataload import DataWaitMonitor, default_workers
+from mlca.engine.distributed import DistInfo
+from mlca.engine.fitness import fitness
+from mlca.engine.hyp import HypError, parse_hyp_items, read_hyp_file, split_hyp
+from mlca.engine.loss import LossGains
+from mlca.engine.schedule import warmup_bias_lr_for
+from mlca.engine.unwrap import unwrap
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mlca")
+    add_parser(p.add_subparsers())
+    return p
+
+
+# --- the CLI is TrainConfig ------------------------------------------------------------------------
+
+# a non-default value for every field, as the command line spells it, and the value it must give
+NON_DEFAULT = {
+    "data": (["--data", "my.yaml"], "my.yaml"),
+    "attention": (["--attention", "eca"], "eca"),
+    "attention_kwargs": (["--attention-kw", "local_size=3", "--attention-kw", "local_weight=0.25"],
+                         {"local_size": 3, "local_weight": 0.25}),
+    "width": (["--width", "0.5"], 0.5),
+    "epochs": (["--epochs", "3"], 3),
+    "img_size": (["--img-size", "64"], 64),
+    "batch_size": (["--batch-size", "5"], 5),
+    "max_train_images": (["--max-train-images", "7"], 7),
+    "max_val_images": (["--max-val-images", "6"], 6),
+    "optimizer": (["--optimizer", "sgd"], "sgd"),
+    "lr0": (["--lr0", "0.02"], 0.02),
+    "lrf": (["--lrf", "0.5"], 0.5),
+    "momentum": (["--momentum", "0.9"], 0.9),
+    "weight_decay": (["--weight-decay", "0.001"], 0.001),
+    "warmup_epochs": (["--warmup-epochs", "1.5"], 1.5),
+    "warmup_min_iters": (["--warmup-min-iters", "7"], 7),
+    "warmup_momentum": (["--warmup-momentum", "0.5"], 0.5),
+    "warmup_bias_lr": (["--warmup-bias-lr", "0.03"], 0.03),
+    "grad_clip": (["--grad-clip", "0"], 0.0),
+    "ema_decay": (["--ema-decay", "0.99"], 0.99),
+    "ema_tau": (["--ema-tau", "100"], 100.0),
+    "amp": (["--amp", "bf16"], "bf16"),
+    "sync_bn": (["--sync-bn"], True),
+    "hyp": (["--hyp", "obj=0.7", "--hyp", "mosaic=0"], {"obj": 0.7, "mosaic": 0}),
+    "close_mosaic": (["--close-mosaic", "0"], 0),
+    "autoanchor": (["--no-autoanchor"], False),
+    "val_interval": (["--val-interval", "2"], 2),
+    "conf_thres": (["--conf-thres", "0.01"], 0.01),
+    "iou_thres": (["--iou-thres", "0.5"], 0.5),
+    "seed": (["--seed", "3"], 3),
+    "out": (["--out", "runs/x"], "runs/x"),
+    "exist_ok": (["--exist-ok"], True),
+    "resume": (["--resume", "a/weights/last.pt"], "a/weights/last.pt"),
+    "device": (["--device", "cpu"], "cpu"),
+    "workers": (["--workers", "2"], 2),
+    "skip_bad": (["--skip-bad"], True),
+    "verbose": (["--quiet"], False),
+}
+
+
+def test_every_trainconfig_field_is_an_option_that_reaches_the_config():
+    fields = {f.name for f in dataclasses.fields(T.TrainConfig)}
+    assert set(NON_DEFAULT) == fields  # a new field needs an entry here (and gets its option for free)
+    defaults = T.TrainConfig()
+    for name, (argv, want) in NON_DEFAULT.items():
+        assert getattr(defaults, name) != want, name  # the value really is not the default
+        cfg = config_from_args(_parser().parse_args(["train", *argv]))
+        assert getattr(cfg, name) == want, name
+        others = {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(defaults, f.name)}
+        assert others == {name}, (name, others)
+    assert config_from_args(_parser().parse_args(["train"])) == defaults
+    assert config_from_args(_parser().parse_args(["train", "--resume"])).resume is True
+
+
+def test_help_shows_every_field_and_the_hyp_forms(capsys):
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for f in dataclasses.fields(T.TrainConfig):
+        assert T.flag_name(f) in text, f.name
+        assert f.metadata["help"].split()[0] in text, f.name
+    assert "--hyp FILE.yaml|KEY=VALUE" in text and "--hyp hyp.yaml --hyp obj=0.7" in text
+    assert "{adamw,sgd}" in text
+
+
+# --- hyp: one flat mapping split into LossGains and AugmentSettings -------------------------------
+
+def test_settings_defaults_are_the_previous_values():
+    # the values the two DEFAULT_HYP dicts held, written out by hand
+    assert LossGains().to_dict() == {"box": 0.05, "obj": 1.0, "cls": 0.5, "anchor_t": 4.0, "label_smoothing": 0.0,
+                                     "cls_pw": 1.0, "obj_pw": 1.0}
+    assert AugmentSettings().to_dict() == {"hsv_h": 0.0, "hsv_s": 0.5, "hsv_v": 0.3, "degrees": 0.0, "translate": 0.1,
+                                           "scale": 0.5, "shear": 0.0, "fliplr": 0.5, "flipud": 0.0, "mosaic": 0.5,
+                                           "min_size": 2.0, "min_visible": 0.2}
+    assert not set(LossGains.keys()) & set(AugmentSettings.keys())  # every key belongs to one side
+    assert resolve_hyp(AugmentSettings(mosaic=0.25)) == {**AugmentSettings().to_dict(), "mosaic": 0.25}
+
+
+def test_hyp_file_with_both_kinds_is_split(tmp_path):
+    f = tmp_path / "hyp.yaml"
+    f.write_text("# loss\nobj: 0.7\nlabel_smoothing: 0.1\n# augmentation\nmosaic: 0.0\nfliplr: 0.25\n")
+    hyp = read_hyp_file(f)
+    gains, aug = split_hyp(hyp)
+    assert gains == LossGains(obj=0.7, label_smoothing=0.1)
+    assert aug == AugmentSettings(mosaic=0.0, fliplr=0.25)
+    # later arguments win, in the order given
+    assert parse_hyp_items([str(f), "obj=0.9"]) == {**hyp, "obj": 0.9}
+    assert parse_hyp_items(["obj=0.9", str(f)])["obj"] == 0.7
+    # the CLI and TrainConfig take it, and the trainer gets the same split
+    cfg = config_from_args(_parser().parse_args(["train", "--hyp", str(f), "--hyp", "box=0.1"]))
+    assert cfg.hyp == {**hyp, "box": 0.1}
+    trainer = T.Trainer(cfg, DistInfo(), torch.device("cpu"))
+    assert trainer.gains == LossGains(obj=0.7, label_smoothing=0.1, box=0.1) and trainer.augment == aug
+
+
+def test_bad_hyp_names_the_key_and_the_file(tmp_path):
+    f = tmp_path / "my_hyp.yaml"
+    f.write_text("obj: 0.7\nmosiac: 0.5\n")
+    with pytest.raises(HypError, match=r"my_hyp\.yaml.*unknown hyp keys \['mosiac'\]"):
+        read_hyp_file(f)
+    f.write_text("lr0: 0.01\n")
+    with pytest.raises(HypError, match=r"my_hyp\.yaml.*'lr0' is a training option: use --lr0"):
+        read_hyp_file(f)
+    f.write_text("mosaic: 1.5\n")
+    with pytest.raises(HypError, match=r"my_hyp\.yaml.*hyp\['mosaic'\] must be .* \[0, 1\]"):
+        read_hyp_file(f)
+    f.write_text("- obj\n")
+    with pytest.raises(HypError, match="my_hyp.yaml.*mapping"):
+        read_hyp_file(f)
+    with pytest.raises(HypError, match="no such file"):
+        parse_hyp_items([str(tmp_path / "missing.yaml")])
+    with pytest.raises(HypError, match=r"--hyp oj=1.*\['oj'\]"):
+        parse_hyp_items(["oj=1"])
+    with pytest.raises(ValueError, match=r"TrainConfig.hyp.*\['mosiac'\]"):
+        T.TrainConfig(hyp={"mosiac": 0.5})
+    with pytest.raises(ValueError, match="'obj' must be a number"):
+        T.TrainConfig(hyp={"obj": "high"})
+    assert "error" in _cli_error(["train", "--hyp", "oj=1"], tmp_path)
+
+
+def _cli_error(argv, tmp_path) -> str:
+    import contextlib
+    import io
+
+    from mlca.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main([*argv, "--out", str(tmp_path / "never")]) == 1
+    assert not (tmp_path / "never").exists()
+    return err.getvalue()
+
+
+# --- one fitness, one unwrap ------------------------------------------------------------------------
+
+def test_one_fitness():
+    from mlca.engine.evaluate import EvalResult
+
+    assert fitness(0.5, 0.25) == pytest.approx(0.1 * 0.5 + 0.9 * 0.25)
+    assert T.fitness is fitness
+    r = EvalResult(map50=0.6, map=0.3, per_class={})
+    assert r.fitness == pytest.approx(0.06 + 0.27)
+
+
+def test_unwrap_peels_every_wrapper():
+    from mlca.engine.ema import ModelEMA
+
+    net = nn.Sequential(nn.Linear(3, 2))
+    compiled = torch.compile(net)  # wrapping compiles nothing until the first call
+    assert compiled is not net
+    for wrapped in (net, nn.DataParallel(net), compiled, nn.DataParallel(compiled)):
+        assert unwrap(wrapped) is net
+    ema = ModelEMA(net, tau=10)
+    assert unwrap(ema) is ema.ema
+    fn = lambda x: x  # noqa: E731  an ONNX backend is a plain callable
+    assert unwrap(fn) is fn
+
+
+# --- bias warmup per optimizer ------------------------------------------------------------------
+
+@pytest.mark.parametrize("optimizer, lr0, explicit, want", [
+    ("adamw", 0.004, None, 0.0),  # with the weights, not at 25x lr0
+    ("sgd", 0.01, None, 0.1),  # YOLOv5's
+    ("adamw", 0.004, 0.1, 0.1),  # an explicit value is kept
+])
+def test_bias_warmup_start_per_optimizer(optimizer, lr0, explicit, want):
+    cfg = T.TrainConfig(optimizer=optimizer, lr0=lr0, warmup_bias_lr=explicit, epochs=10)
+    opt = T.Trainer(cfg, DistInfo(), torch.device("cpu")).build_optimisation(nn.Linear(4, 2), nb=20)
+    assert opt.schedule.warmup_iters == 40
+    w, _, b = opt.schedule.lrs(0)
+    assert w == 0 and b == pytest.approx(want)
+    # halfway through the warmup the bias lr is halfway between its start and the cosine value
+    assert opt.schedule.lrs(20)[2] == pytest.approx((want + opt.schedule.cosine(20)) / 2)
+    with pytest.raises(ValueError, match="optimizer"):
+        warmup_bias_lr_for("lbfgs", 0.1)
+
+
+# --- loader workers and the data-wait warning (no GPU needed) -------------------------------------
+
+def test_default_workers_from_the_cpu_count():
+    assert default_workers("cuda", 16, 1) == 8
+    assert default_workers("cuda", 16, 4) == 4
+    assert default_workers("cuda", 6, 4) == 1
+    assert default_workers("cuda", 2, 4) == 0
+    assert default_workers("cuda", None, 1) == 0
+    assert default_workers("cpu", 64, 1) == 0
+    assert default_workers("mps", 8, 1) == 0
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # sized for the mocked CPU count
+def test_trainer_picks_workers_for_the_device(tmp_path, monkeypatch):
+    from test_engine_train import write_tiny_yolo
+
+    data = str(write_tiny_yolo(tmp_path, n_train=2, n_val=1))
+    monkeypatch.setattr(T.os, "cpu_count", lambda: 12)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    cfg = T.TrainConfig(data=data, img_size=64, out=str(tmp_path / "run"))
+    # the loaders are only built here, not iterated: a "cuda" device needs no GPU for that
+    built = T.Trainer(cfg, DistInfo(), torch.device("cuda")).build_data()
+    assert built.workers == built.train_loader.num_workers == built.val_loader.num_workers == 6
+    assert built.train_loader.pin_memory
+    assert T.Trainer(cfg, DistInfo(), torch.device("cpu")).build_data().workers == 0
+    explicit = T.Trainer(dataclasses.replace(cfg, workers=3), DistInfo(), torch.device("cuda")).build_data()
+    assert explicit.workers == 3
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _epoch(monitor: DataWaitMonitor, clock: FakeClock, waits: list[float], compute: float) -> None:
+    monitor.start_epoch()
+    for w in waits:
+        clock.t += w
+        monitor.batch_ready()
+        clock.t += compute
+        monitor.step_done()
+
+
+def test_data_wait_monitor_measures_and_warns_once():
+    clock = FakeClock()
+    m = DataWaitMonitor(enabled=True, threshold=0.2, skip=2, clock=clock)
+    # the two skipped steps wait long (workers starting); the rest wait 0.1 s of 0.5 s steps
+    _epoch(m, clock, [5.0, 5.0] + [0.1] * 8, compute=0.4)
+    assert m.fraction == pytest.approx(0.1 / 0.5)
+    assert m.end_epoch(0, workers=4) is None  # 20 % is not above 20 %
+    _epoch(m, clock, [1.0] * 2 + [0.3] * 8, compute=0.2)
+    assert m.fraction == pytest.approx(0.6)
+    msg = m.end_epoch(1, workers=4)
+    assert msg and "60%" in msg and "epoch 2" in msg and "workers: 4" in msg and "--workers" in msg
+    _epoch(m, clock, [0.9] * 10, compute=0.1)
+    assert m.end_epoch(2, workers=4) is None  # once per run
+    off = DataWaitMonitor(enabled=False, clock=clock)
+    _epoch(off, clock, [1.0] * 10, compute=0.1)
+    assert off.fraction is None and off.end_epoch(0, 0) is None
+
+
+# --- scipy's kmeans: rng= from 1.15, seed= before -------------------------------------------------
+
+def test_kmeans_seeding_works_with_scipy_before_and_after_1_15(monkeypatch):
+    import scipy.cluster.vq as vq
+
+    from mlca.engine.autoanchor import kmean_anchors
+
+    real = vq.kmeans
+    assert "rng" in inspect.signature(real).parameters  # this environment's scipy
+
+    def old_kmeans(obs, k_or_guess, iter=20, thresh=1e-05, check_finite=True, *, seed=None):
+        """scipy < 1.15's signature: the generator is called ``seed``."""
+        return real(obs, k_or_guess, iter=iter, thresh=thresh, check_finite=check_finite, rng=seed)
+
+    wh = np.random.default_rng(1).uniform(4, 60, size=(200, 2))
+    new_anchors = kmean_anchors(wh, n=6, img_size=128, gen=20, seed=3)
+    monkeypatch.setattr(vq, "kmeans", old_kmeans)
+    np.testing.assert_array_equal(kmean_anchors(wh, n=6, img_size=128, gen=20, seed=3), new_anchors)
