@@ -156,6 +156,8 @@ def evaluate(
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     from tqdm import tqdm
 
+    # only DDP is peeled (its forward would wait for the other ranks); a compiled model stays
+    # compiled, so evaluation runs the same kernels as training (mlca.engine.unwrap peels all)
     net = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     if device is None:
         param = next(net.parameters(), None) if isinstance(net, nn.Module) else None
