@@ -12,6 +12,7 @@ without a label file is a background image (no objects).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -135,4 +136,9 @@ def read_yolo(config: DatasetConfig, spec: Any, skip_bad: bool = False) -> ReadR
             boxes, labels, n_clipped = np.zeros((0, 4), np.float32), np.zeros(0, np.int64), 0
         return Record(image, boxes, labels, width, height), n_clipped
 
-    return collect(images, parse, skip_bad)
+    from . import cache, images as _images_mod, records as _records_mod
+
+    simple = not isinstance(spec, (list, tuple)) and _resolve(spec, config.root).is_dir()
+    where = cache.cache_file(label_path(images[0]).parent, spec, simple) if cache.cache_enabled(config.options) else None
+    fp = {"reader": "yolo", "nc": config.nc, "code": cache.code_hash(sys.modules[__name__], _images_mod, _records_mod)}
+    return cache.cached_collect(images, parse, skip_bad, where, fp, deps=lambda im: [im, label_path(im)])
