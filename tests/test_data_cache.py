@@ -118,8 +118,11 @@ def test_bad_files_are_cached_as_errors_but_checked_again(tmp_path, monkeypatch)
     first = read(yaml)
     assert [e.file for e in first.bad] == [bad] and first.bad[0].line == 1
     labels = Counter(monkeypatch, yolo, "parse_label_file")
+    file = tmp_path / "labels" / f"train{cache.CACHE_SUFFIX}"
+    mtime = file.stat().st_mtime_ns
     again = read(yaml)
     assert labels.calls == ["im002.txt"]  # only the bad one
+    assert file.stat().st_mtime_ns == mtime  # bad as before: the cache is not rewritten
     assert [str(e) for e in again.bad] == [str(e) for e in first.bad]
     with pytest.raises(DataError, match=r"im002.txt:1: class 7"):  # without skip_bad: the error, named
         scan_records(load_dataset_config(yaml), "train")

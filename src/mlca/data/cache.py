@@ -33,7 +33,7 @@ import sys
 import tempfile
 import warnings
 import zipfile
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -109,79 +109,97 @@ def scan_workers() -> int:
 # ----------------------------------------------------------------------------- file state
 
 
-def _stat(path: Path) -> list[int]:
-    """``[size, mtime_ns]`` of a file, ``[-1, 0]`` when it does not exist."""
+def _stat(path: str) -> tuple[int, int]:
+    """``(size, mtime_ns)`` of a file, ``(-1, 0)`` when it does not exist."""
     try:
         st = os.stat(path)
     except OSError:
-        return [-1, 0]
-    return [st.st_size, st.st_mtime_ns]
+        return -1, 0
+    return st.st_size, st.st_mtime_ns
 
 
-def _deps_state(paths: Sequence[Path]) -> list[list]:
-    return [[str(p), *_stat(p)] for p in paths]
-
-
-def _unchanged(state: list[list]) -> bool:
-    return all(_stat(Path(p)) == [size, mtime] for p, size, mtime in state)
+def _state(paths: Sequence[Any]) -> list[tuple[str, int, int]]:
+    """``[(path, size, mtime_ns), ...]`` of an item's files."""
+    return [(p, *_stat(p)) for p in map(str, paths)]
 
 
 # ----------------------------------------------------------------------------- parsing
 
 
-def _parse_one(parse: Callable, item: Any) -> tuple[str, Any]:
-    """``("ok", result)`` or ``("bad", DataError)``; other exceptions propagate."""
+def _parse_one(parse: Callable, deps: Callable, item: Any) -> tuple[str, Any, list]:
+    """``("ok", result, state)`` or ``("bad", DataError, state)``; other exceptions propagate.
+
+    The files are stat'ed before parsing, so one changed meanwhile is parsed again next time.
+    """
+    state = _state(deps(item))
     try:
-        return "ok", parse(item)
+        return "ok", parse(item), state
     except DataError as e:
-        return "bad", e
+        return "bad", e, state
 
 
-_WORKER_PARSE: Callable | None = None
+# what a forked worker inherits: the parse and deps callables and the items (sent as ranges)
+_WORKER: tuple = ()
 
 
-def _init_worker(parse: Callable) -> None:
-    global _WORKER_PARSE
-    _WORKER_PARSE = parse
+def _init_worker(parse: Callable, deps: Callable, items: Sequence[Any]) -> None:
+    global _WORKER
+    _WORKER = (parse, deps, items)
 
 
-def _parse_in_worker(item: Any) -> tuple[str, Any]:
-    return _parse_one(_WORKER_PARSE, item)
-
-
-def _executor(kind: str, workers: int, parse: Callable) -> Executor:
-    if kind == "thread":
-        return ThreadPoolExecutor(workers)
-    if kind != "process":
-        raise ValueError(f"pool must be 'process' or 'thread', got {kind!r}")
-    import multiprocessing as mp
-
-    # fork hands ``parse`` (often a closure, which cannot be pickled) to the workers without
-    # pickling it, and starts in milliseconds; the workers touch only files, PIL and NumPy
-    return ProcessPoolExecutor(workers, mp.get_context("fork"), initializer=_init_worker, initargs=(parse,))
+def _parse_range(start: int, stop: int) -> list[tuple[str, Any, list]]:
+    parse, deps, items = _WORKER
+    return [_parse_one(parse, deps, items[i]) for i in range(start, stop)]
 
 
 def parse_all(
-    items: Sequence[Any], parse: Callable, workers: int | None = None, pool: str | None = None
-) -> list[tuple[str, Any]]:
+    items: Sequence[Any],
+    parse: Callable,
+    deps: Callable = lambda item: [item],
+    workers: int | None = None,
+    pool: str | None = None,
+) -> list[tuple[str, Any, list]]:
     """``parse`` every item, in a pool when there are many; results in item order.
 
-    Each result is ``("ok", parse(item))`` or ``("bad", the DataError it raised)``.
+    Each result is ``(status, result, state)``: ``("ok", parse(item), ...)`` or ``("bad", the
+    DataError it raised, ...)``, and the ``(path, size, mtime_ns)`` of the item's ``deps``.
     """
     workers = scan_workers() if workers is None else workers
     pool = pool or POOL
+    if pool not in ("process", "thread"):
+        raise ValueError(f"pool must be 'process' or 'thread', got {pool!r}")
     if pool == "process" and sys.platform == "win32":
         pool = "thread"  # no fork
-    if workers <= 1 or len(items) < max(PARALLEL_MIN, 2):
-        return [_parse_one(parse, it) for it in items]
-    chunk = max(1, min(256, len(items) // (workers * 8)))
-    with _executor(pool, workers, parse) as ex:
-        if pool == "thread":
-            return list(ex.map(lambda it: _parse_one(parse, it), items, chunksize=chunk))
-        return list(ex.map(_parse_in_worker, items, chunksize=chunk))
+    n = len(items)
+    if workers <= 1 or n < max(PARALLEL_MIN, 2):
+        return [_parse_one(parse, deps, it) for it in items]
+    step = max(1, min(512, -(-n // (workers * 8))))
+    bounds = [(a, min(a + step, n)) for a in range(0, n, step)]
+    if pool == "thread":
+        with ThreadPoolExecutor(workers) as ex:
+            chunks = ex.map(lambda b: [_parse_one(parse, deps, items[i]) for i in range(*b)], bounds)
+            return [r for chunk in chunks for r in chunk]
+    import multiprocessing as mp
+
+    # fork hands ``parse`` (often a closure, which cannot be pickled) and the items to the
+    # workers without pickling them, and starts in milliseconds; only index ranges go out and
+    # results come back. The workers touch only files, PIL and NumPy.
+    with ProcessPoolExecutor(
+        workers, mp.get_context("fork"), initializer=_init_worker, initargs=(parse, deps, items)
+    ) as ex:
+        chunks = ex.map(_parse_range, *zip(*bounds))
+        return [r for chunk in chunks for r in chunk]
 
 
 # ----------------------------------------------------------------------------- the file
+#
+# Columnar, so that loading 20,000 entries is a few array reads and one JSON parse:
+#   meta (uint8, JSON): version, fingerprint, a common path prefix, per entry its key and its
+#       files (prefix stripped), the errors of bad entries, per good entry the record's
+#       non-array fields (``image`` left out when it is the key) and the parse's extras;
+#   stat (int64, (files, 2)): size and mtime_ns of every entry's files, in order;
+#   ok (bool, (entries,)); n_<field> (int64, (good entries,)) and a_<field>: each per-object
+#       array field of the records (boxes, labels, ...) concatenated.
 
 
 def _to_json(v: Any) -> Any:
@@ -189,79 +207,116 @@ def _to_json(v: Any) -> Any:
         return str(v)
     if isinstance(v, (np.integer, np.floating, np.bool_)):
         return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
     if isinstance(v, (list, tuple)):
         return [_to_json(x) for x in v]
     return v
 
 
 def _encode(entries: dict[str, dict], fingerprint: dict) -> dict[str, np.ndarray]:
-    """The npz arrays of a cache: per-object arrays concatenated, the rest as JSON."""
-    fields = [f.name for f in dataclasses.fields(Record)]
-    arrays: dict[str, list[np.ndarray]] = {}
-    meta = []
-    for key, e in entries.items():
-        doc: dict[str, Any] = {"key": key, "deps": e["deps"]}
-        if e["status"] == "ok":
-            record, *extras = e["result"]
-            scalars, lengths = {}, {}
-            for name in fields:
-                v = getattr(record, name)
-                if isinstance(v, np.ndarray):
-                    arrays.setdefault(name, []).append(v)
-                    lengths[name] = int(v.shape[0]) if v.ndim else -1
-                else:
-                    scalars[name] = _to_json(v)
-            doc.update(record=scalars, lengths=lengths, extras=_to_json(extras))
+    keys = list(entries)
+    paths = keys + [p for k in keys for p, _, _ in entries[k]["deps"]]
+    prefix = os.path.commonprefix(paths) if paths else ""
+    cut = len(prefix)
+    good = [entries[k]["result"] for k in keys if entries[k]["status"] == "ok"]
+    good_keys = [k for k in keys if entries[k]["status"] == "ok"]
+    records = [r[0] for r in good]
+    array_fields, scalars = [], {}
+    for f in dataclasses.fields(Record):
+        values = [getattr(r, f.name) for r in records]
+        if values and all(isinstance(v, np.ndarray) and v.ndim >= 1 for v in values):
+            array_fields.append(f.name)
+        elif f.name == "image":
+            scalars["image"] = [None if str(v) == k else str(v) for v, k in zip(values, good_keys)]
         else:
-            _, args = e["result"].__reduce__()
-            doc["error"] = _to_json(list(args))
-        meta.append(doc)
-    out = {
-        "meta": np.frombuffer(
-            json.dumps({"version": CACHE_VERSION, "fingerprint": fingerprint, "entries": meta}).encode(), np.uint8
-        )
+            scalars[f.name] = [_to_json(v) for v in values]
+    meta = {
+        "version": CACHE_VERSION,
+        "fingerprint": fingerprint,
+        "prefix": prefix,
+        "keys": [k[cut:] for k in keys],
+        "deps": [[p[cut:] for p, _, _ in entries[k]["deps"]] for k in keys],
+        "errors": [_to_json(list(entries[k]["result"].__reduce__()[1])) for k in keys if entries[k]["status"] != "ok"],
+        "scalars": scalars,
+        "arrays": array_fields,
+        "extras": [_to_json(list(r[1:])) for r in good],
     }
-    for name, parts in arrays.items():
-        out[f"a_{name}"] = np.concatenate([p.reshape(-1, *p.shape[1:]) if p.ndim else p.reshape(1) for p in parts])
+    out = {
+        "meta": np.frombuffer(json.dumps(meta, separators=(",", ":")).encode(), np.uint8),
+        "stat": np.array([(size, mtime) for k in keys for _, size, mtime in entries[k]["deps"]], np.int64).reshape(-1, 2),
+        "ok": np.array([entries[k]["status"] == "ok" for k in keys], bool),
+    }
+    for name in array_fields:
+        values = [getattr(r, name) for r in records]
+        out[f"n_{name}"] = np.array([len(v) for v in values], np.int64)
+        out[f"a_{name}"] = np.concatenate(values)
     return out
 
 
-def _decode(npz: Any, fingerprint: dict) -> dict[str, dict] | None:
-    """The entries of a loaded cache, or ``None`` when its version or fingerprint differ."""
-    doc = json.loads(bytes(npz["meta"]).decode())
-    if doc.get("version") != CACHE_VERSION or doc.get("fingerprint") != fingerprint:
-        return None
-    arrays = {k[2:]: npz[k] for k in npz.files if k.startswith("a_")}
-    offsets = dict.fromkeys(arrays, 0)
-    entries: dict[str, dict] = {}
-    for e in doc["entries"]:
-        if "error" in e:
-            file, reason, line, where = e["error"]
-            entries[e["key"]] = {"status": "bad", "result": DataError(file, reason, line, where), "deps": e["deps"]}
-            continue
-        kwargs = dict(e["record"])
-        for name, n in e["lengths"].items():
-            a, o = arrays[name], offsets[name]
-            kwargs[name] = a[o] if n < 0 else a[o : o + n]
-            offsets[name] = o + (1 if n < 0 else n)
-        entries[e["key"]] = {"status": "ok", "result": (Record(**kwargs), *e["extras"]), "deps": e["deps"]}
-    return entries
+class _Cached:
+    """A loaded cache, kept columnar; a record is built only when it is used."""
+
+    def __init__(self, npz: Any, fingerprint: dict) -> None:
+        meta = json.loads(bytes(npz["meta"]).decode())
+        self.valid = meta.get("version") == CACHE_VERSION and meta.get("fingerprint") == fingerprint
+        if not self.valid:
+            return
+        prefix = meta["prefix"]
+        self.index = {prefix + k: j for j, k in enumerate(meta["keys"])}
+        self.ok = npz["ok"].tolist()
+        deps = meta["deps"]
+        if len(self.ok) != len(self.index) or len(deps) != len(self.index):
+            raise ValueError("entry counts disagree")
+        self.dep_start = np.cumsum([0] + [len(d) for d in deps]).tolist()
+        self.dep_paths = [prefix + p for d in deps for p in d]
+        self.dep_stat = list(map(tuple, npz["stat"].tolist()))
+        if len(self.dep_stat) != len(self.dep_paths):
+            raise ValueError("file counts disagree")
+        self.good = np.cumsum([0] + self.ok).tolist()  # entry j is good record good[j]
+        self.errors = meta["errors"]
+        self.arrays = {name: npz[f"a_{name}"] for name in meta["arrays"]}
+        self.ends = {name: np.cumsum([0] + npz[f"n_{name}"].tolist()).tolist() for name in meta["arrays"]}
+        self.scalars, self.extras = meta["scalars"], meta["extras"]
+
+    def unchanged(self, j: int) -> bool:
+        """Whether entry ``j`` parsed fine and none of its files changed size or mtime."""
+        if not self.ok[j]:
+            return False
+        paths, stats = self.dep_paths, self.dep_stat
+        return all(_stat(paths[d]) == stats[d] for d in range(self.dep_start[j], self.dep_start[j + 1]))
+
+    def deps(self, j: int) -> list[tuple[str, int, int]]:
+        return [(self.dep_paths[d], *self.dep_stat[d]) for d in range(self.dep_start[j], self.dep_start[j + 1])]
+
+    def error(self, j: int) -> list:
+        return self.errors[j - self.good[j]]
+
+    def result(self, j: int, key: str, item: Any) -> tuple:
+        """The cached ``(record, *extras)`` of entry ``j``; ``item`` is the record's image when the key is it."""
+        g = self.good[j]
+        kwargs = {name: column[g] for name, column in self.scalars.items()}
+        if kwargs.get("image", 0) is None:
+            kwargs["image"] = item if isinstance(item, Path) else key
+        for name, e in self.ends.items():
+            kwargs[name] = self.arrays[name][e[g] : e[g + 1]]
+        return (Record(**kwargs), *self.extras[g])
 
 
-def _load(path: Path, fingerprint: dict) -> dict[str, dict]:
+def _load(path: Path, fingerprint: dict) -> _Cached | None:
     if not path.is_file():
-        return {}
+        return None
     try:
         with np.load(path, allow_pickle=False) as npz:
-            entries = _decode(npz, fingerprint)
+            cached = _Cached(npz, fingerprint)
     except (OSError, ValueError, KeyError, TypeError, IndexError, zipfile.BadZipFile, UnicodeDecodeError) as e:
         warnings.warn(
             f"ignoring the unreadable label cache {path} ({type(e).__name__}: {e}); re-scanning the split",
             LabelCacheWarning,
             stacklevel=4,
         )
-        return {}
-    return entries or {}
+        return None
+    return cached if cached.valid else None
 
 
 def _save(path: Path, entries: dict[str, dict], fingerprint: dict) -> None:
@@ -298,7 +353,7 @@ def cached_collect(
     cache: Path | None,
     fingerprint: dict,
     key: Callable[[Any], str] = str,
-    deps: Callable[[Any], Sequence[Path]] = lambda item: [Path(item)],
+    deps: Callable[[Any], Sequence[Path]] = lambda item: [item],
     workers: int | None = None,
     pool: str | None = None,
 ) -> ReadReport:
@@ -315,33 +370,35 @@ def cached_collect(
         key: an item's identity in the cache (a path string).
         deps: the files an item's result depends on; the record's image is added to them.
     """
-    old = _load(cache, fingerprint) if cache is not None else {}
+    old = _load(cache, fingerprint) if cache is not None else None
+    index = old.index if old is not None else {}
     keys = [key(it) for it in items]
     entries: dict[str, dict] = {}
     todo: list[int] = []
     for i, k in enumerate(keys):
-        e = old.get(k)
-        if e is not None and e["status"] == "ok" and _unchanged(e["deps"]):
-            entries[k] = e
+        j = index.get(k)
+        if j is not None and old.unchanged(j):
+            entries[k] = {"status": "ok", "result": old.result(j, k, items[i]), "deps": j}
         else:
             todo.append(i)
+    changed = set(index) != set(keys)  # items new or gone
     if todo:
-        todo_items = [items[i] for i in todo]
-        before = [_deps_state(deps(it)) for it in todo_items]  # stat before parsing: a file
-        results = parse_all(todo_items, parse, workers, pool)  # changed meanwhile is re-read next time
-        for i, (status, result), state in zip(todo, results, before):
+        results = parse_all([items[i] for i in todo], parse, deps, workers, pool)
+        for i, (status, result, state) in zip(todo, results):
             if status == "ok":
-                image = result[0].image
-                if str(image) not in {s[0] for s in state}:
-                    state = state + _deps_state([image])
-            entries[keys[i]] = {"status": status, "result": result, "deps": state}
-    # rewrite unless nothing but the known-bad items were parsed again, with the same outcome
-    same = all(
-        entries[keys[i]]["status"] == "bad" and old.get(keys[i], {}).get("status") == "bad"
-        and old[keys[i]]["deps"] == entries[keys[i]]["deps"]
-        for i in todo
-    )  # fmt: skip
-    if cache is not None and (not same or set(old) != set(entries)):
+                image = str(result[0].image)
+                if all(image != p for p, _, _ in state):
+                    state = state + _state([image])
+            k = keys[i]
+            j = index.get(k)
+            # only known-bad items parsed again with the same outcome: no need to rewrite
+            changed |= not (status == "bad" and j is not None and not old.ok[j] and old.deps(j) == state
+                            and _to_json(list(result.__reduce__()[1])) == old.error(j))  # fmt: skip
+            entries[k] = {"status": status, "result": result, "deps": state}
+    if cache is not None and changed:
+        for e in entries.values():
+            if isinstance(e["deps"], int):
+                e["deps"] = old.deps(e["deps"])
         _save(cache, entries, fingerprint)
 
     def replay(k: str) -> tuple:

@@ -46,7 +46,7 @@ def yolo_images(root: Path, spec: Any, source: Path | None = None) -> list[Path]
     for s in specs:
         p = _resolve(s, root)
         if p.is_dir():
-            images += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
+            images += sorted((q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES), key=lambda q: q.parts)
         elif p.suffix.lower() == ".txt" and p.is_file():
             for line in p.read_text().splitlines():
                 line = line.strip()
