@@ -20,6 +20,7 @@ COMMANDS = {
     "compare": ("compare", "the paper's experiment: MAY with each attention, over seeds"),
     "export": ("export", "export MAY to ONNX or TorchScript, checked against PyTorch"),
     "bench": ("bench", "MAY latency per attention in eager, compiled and onnxruntime"),
+    "data": ("data", "download a public dataset (get) or write one as a YOLO dataset (export)"),
 }
 
 

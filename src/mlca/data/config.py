@@ -109,6 +109,10 @@ def _find(spec: str | Path) -> tuple[Path, Path]:
     # a bare name ("voc") names a config shipped with mlca; its relative paths are relative
     # to the current directory, since the package directory holds no data
     if path.suffix == "" and len(path.parts) == 1:
+        from .download import dataset_yaml  # a set fetched by `mlca data get NAME` comes first
+
+        if dataset_yaml(path.name).is_file():
+            return dataset_yaml(path.name), dataset_yaml(path.name).parent
         shipped = resources.files("mlca") / "configs" / f"{path.name}.yaml"
         if shipped.is_file():
             return Path(str(shipped)), Path.cwd()
