@@ -9,7 +9,7 @@ import sys
 def add_parser(subparsers, name: str = "data", help: str | None = None) -> argparse.ArgumentParser:
     from mlca.data.download import CATALOGUE
 
-    p = subparsers.add_parser(name, help=help, description=__doc__.splitlines()[0].split(": ", 1)[1])
+    p = subparsers.add_parser(name, help=help, description="Fetch a public dataset (get) or write a dataset as a YOLO dataset (export).")
     sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
 
     g = sub.add_parser(
