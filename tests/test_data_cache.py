@@ -252,3 +252,29 @@ def test_voc_splits_are_cached_per_set(tmp_path, monkeypatch):
     (year / "Annotations" / "000002.xml").write_text((year / "Annotations" / "000002.xml").read_text().replace("dog", "cat"))
     again = scan_records(cfg, "train")
     assert xmls.calls == ["000002.xml"] and again.records[1].labels.tolist() == [cfg.names.index("cat")]
+
+
+def test_nested_image_folders_share_one_cache_beside_the_labels_folder(tmp_path):
+    yaml, _ = make_yolo(tmp_path, 2, seed=8)
+    for i, sub in enumerate(["a", "b"]):
+        (tmp_path / "images" / "train" / sub).mkdir()
+        (tmp_path / "labels" / "train" / sub).mkdir()
+        (tmp_path / "images" / "train" / f"im00{i}.jpg").rename(tmp_path / "images" / "train" / sub / f"im00{i}.jpg")
+        (tmp_path / "labels" / "train" / f"im00{i}.txt").rename(tmp_path / "labels" / "train" / sub / f"im00{i}.txt")
+    assert len(read(yaml).records) == 2
+    assert [p.name for p in tmp_path.rglob("*" + cache.CACHE_SUFFIX)] == [f"train{cache.CACHE_SUFFIX}"]
+    assert (tmp_path / "labels" / f"train{cache.CACHE_SUFFIX}").is_file()
+
+
+def test_a_dying_worker_falls_back_to_scanning_in_this_process(tmp_path, monkeypatch):
+    parent = os.getpid()
+
+    def parse(item):
+        if os.getpid() != parent:
+            os._exit(3)  # a worker killed mid-scan (e.g. out of memory)
+        return (item * 2,)
+
+    monkeypatch.setattr(cache, "PARALLEL_MIN", 0)
+    with pytest.warns(cache.LabelCacheWarning, match="parallel scan failed"):
+        got = cache.parse_all(list(range(10)), parse, deps=lambda it: [], workers=2, pool="process")
+    assert [r[1] for r in got] == [(2 * i,) for i in range(10)]

@@ -180,15 +180,22 @@ def parse_all(
             chunks = ex.map(lambda b: [_parse_one(parse, deps, items[i]) for i in range(*b)], bounds)
             return [r for chunk in chunks for r in chunk]
     import multiprocessing as mp
+    from concurrent.futures.process import BrokenProcessPool
 
+    if mp.current_process().daemon:  # a daemonic process (e.g. a DataLoader worker) may not fork
+        return [_parse_one(parse, deps, it) for it in items]
     # fork hands ``parse`` (often a closure, which cannot be pickled) and the items to the
     # workers without pickling them, and starts in milliseconds; only index ranges go out and
     # results come back. The workers touch only files, PIL and NumPy.
-    with ProcessPoolExecutor(
-        workers, mp.get_context("fork"), initializer=_init_worker, initargs=(parse, deps, items)
-    ) as ex:
-        chunks = ex.map(_parse_range, *zip(*bounds))
-        return [r for chunk in chunks for r in chunk]
+    try:
+        with ProcessPoolExecutor(
+            workers, mp.get_context("fork"), initializer=_init_worker, initargs=(parse, deps, items)
+        ) as ex:
+            chunks = ex.map(_parse_range, *zip(*bounds))
+            return [r for chunk in chunks for r in chunk]
+    except (BrokenProcessPool, OSError) as e:  # a worker killed (out of memory?), or no fork
+        warnings.warn(f"parallel scan failed ({e!r}); scanning in this process", LabelCacheWarning, stacklevel=3)
+        return [_parse_one(parse, deps, it) for it in items]
 
 
 # ----------------------------------------------------------------------------- the file

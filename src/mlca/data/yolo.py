@@ -139,6 +139,7 @@ def read_yolo(config: DatasetConfig, spec: Any, skip_bad: bool = False) -> ReadR
     from . import cache, images as _images_mod, records as _records_mod
 
     simple = not isinstance(spec, (list, tuple)) and _resolve(spec, config.root).is_dir()
-    where = cache.cache_file(label_path(images[0]).parent, spec, simple) if cache.cache_enabled(config.options) else None
+    anchor = label_path(_resolve(spec, config.root) / "_.jpg" if simple else images[0]).parent
+    where = cache.cache_file(anchor, spec, simple) if cache.cache_enabled(config.options) else None
     fp = {"reader": "yolo", "nc": config.nc, "code": cache.code_hash(sys.modules[__name__], _images_mod, _records_mod)}
     return cache.cached_collect(images, parse, skip_bad, where, fp, deps=lambda im: [im, label_path(im)])
