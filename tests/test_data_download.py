@@ -142,9 +142,12 @@ def test_an_interrupted_download_resumes_and_the_set_is_found_by_name(server, tm
     for r in train + val:  # VOC's 1-based inclusive pixels: [xmin - 1, ymin - 1, xmax, ymax]
         b = boxes[r.image.stem]
         np.testing.assert_allclose(r.boxes, [[b[0] - 1, b[1] - 1, b[2], b[3]]])
-    # a second get finds it and downloads nothing
+    # a second get finds it and downloads nothing; a lost YAML is written again, also without a download
     n = len(server.log)
     assert get_dataset(ds, quiet=True) == yaml_path and len(server.log) == n
+    text = yaml_path.read_text()
+    yaml_path.unlink()
+    assert get_dataset(ds, quiet=True) == yaml_path and len(server.log) == n and yaml_path.read_text() == text
 
 
 def test_a_part_left_by_an_earlier_run_is_resumed(server, tmp_path):

@@ -344,6 +344,17 @@ def _check_contents(ds: RemoteDataset, root: Path) -> None:
             raise DownloadError(f"{ds.name}: {folder} holds {count} files after unpacking, expected at least {n}")
 
 
+def _write_yaml(ds: RemoteDataset, target: Path, yaml_path: Path) -> None:
+    text = f"# written by `mlca data get {ds.name}`: {ds.description}\n" + yaml.safe_dump(
+        ds.config(target), sort_keys=False, default_flow_style=None, width=100
+    )
+    fd, tmp = tempfile.mkstemp(prefix=f".{ds.name}.", suffix=".yaml", dir=yaml_path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, yaml_path)  # atomic: no half-written YAML is ever found by name
+
+
 def get_dataset(
     name: str | RemoteDataset,
     home: str | Path | None = None,
@@ -367,7 +378,10 @@ def get_dataset(
         raise DownloadError(f"--sha256 pins one archive, but {ds.name} has {len(ds.archives)}")
     base = datasets_home(home)
     target, yaml_path = base / ds.name, dataset_yaml(ds.name, home)
-    if target.is_dir() and yaml_path.is_file() and not force:
+    if target.is_dir() and not force:
+        if not yaml_path.is_file():  # unpacked, but stopped before the YAML was written
+            _check_contents(ds, target)
+            _write_yaml(ds, target, yaml_path)
         return yaml_path
     downloads = base.parent / "downloads"
     files = [download_file(a, downloads, retries, timeout, quiet, sha256) for a in ds.archives]
@@ -389,14 +403,7 @@ def get_dataset(
             shutil.rmtree(stale, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    text = f"# written by `mlca data get {ds.name}`: {ds.description}\n" + yaml.safe_dump(
-        ds.config(target), sort_keys=False, default_flow_style=None, width=100
-    )
-    fd, tmp_yaml = tempfile.mkstemp(prefix=f".{ds.name}.", suffix=".yaml", dir=base)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp_yaml, 0o644)
-    os.replace(tmp_yaml, yaml_path)
+    _write_yaml(ds, target, yaml_path)
     if not keep_archives:
         for f in files:
             f.unlink(missing_ok=True)
