@@ -209,7 +209,12 @@ def parse_all(
 #       array field of the records (boxes, labels, ...) concatenated.
 
 
+_PLAIN = (int, float, str, bool, type(None))
+
+
 def _to_json(v: Any) -> Any:
+    if type(v) in _PLAIN:
+        return v
     if isinstance(v, Path):
         return str(v)
     if isinstance(v, (np.integer, np.floating, np.bool_)):
@@ -247,7 +252,7 @@ def _encode(entries: dict[str, dict], fingerprint: dict) -> dict[str, np.ndarray
         "errors": [_to_json(list(entries[k]["result"].__reduce__()[1])) for k in keys if entries[k]["status"] != "ok"],
         "scalars": scalars,
         "arrays": array_fields,
-        "extras": [_to_json(list(r[1:])) for r in good],
+        "extras": [list(r[1:]) if all(type(x) in _PLAIN for x in r[1:]) else _to_json(list(r[1:])) for r in good],
     }
     out = {
         "meta": np.frombuffer(json.dumps(meta, separators=(",", ":")).encode(), np.uint8),
