@@ -245,6 +245,12 @@ def test_voc_splits_are_cached_per_set(tmp_path, monkeypatch):
     cfg = load_dataset_config(yaml)
     train, val = scan_records(cfg, "train"), scan_records(cfg, "val")
     assert len(list((year).glob("Annotations.*" + cache.CACHE_SUFFIX))) == 2  # one per set
+    for f in year.glob("Annotations.*" + cache.CACHE_SUFFIX):  # the process pool gives the same records
+        f.unlink()
+    with monkeypatch.context() as m:
+        m.setattr(cache, "PARALLEL_MIN", 0)
+        m.setattr(cache, "scan_workers", lambda: 2)
+        assert as_tuples(scan_records(cfg, "train")) == as_tuples(train)
     xmls = Counter(monkeypatch, voc, "parse_voc_xml")
     assert as_tuples(scan_records(cfg, "train")) == as_tuples(train)
     assert as_tuples(scan_records(cfg, "val")) == as_tuples(val)

@@ -147,9 +147,52 @@ def _init_worker(parse: Callable, deps: Callable, items: Sequence[Any]) -> None:
     _WORKER = (parse, deps, items)
 
 
-def _parse_range(start: int, stop: int) -> list[tuple[str, Any, list]]:
+def _parse_range(start: int, stop: int) -> tuple:
     parse, deps, items = _WORKER
-    return [_parse_one(parse, deps, items[i]) for i in range(start, stop)]
+    return _pack([_parse_one(parse, deps, items[i]) for i in range(start, stop)], items[start:stop])
+
+
+def _pack(results: list[tuple[str, Any, list]], items: Sequence[Any]) -> tuple:
+    """A worker's results in a form that pickles fast: per-object arrays concatenated.
+
+    Unpickling thousands of small records (each a Path and two arrays) costs the parent more
+    than building them again from a few big arrays.
+    """
+    statuses = [s for s, _, _ in results]
+    states = [st for _, _, st in results]
+    goods = [(i, r) for i, (s, r, _) in enumerate(results) if s == "ok"]
+    records = [r[0] for _, r in goods]
+    fields: dict[str, list] = {}
+    arrays: dict[str, tuple[np.ndarray, list[int]]] = {}
+    for f in dataclasses.fields(Record):
+        values = [getattr(rec, f.name) for rec in records]
+        if values and all(isinstance(v, np.ndarray) and v.ndim >= 1 for v in values):
+            arrays[f.name] = (np.concatenate(values), [len(v) for v in values])
+        elif f.name == "image":  # the item itself (YOLO) is not sent back
+            fields[f.name] = [None if v == items[i] else str(v) for (i, _), v in zip(goods, values)]
+        else:
+            fields[f.name] = values
+    extras = [r[1:] for _, r in goods]
+    errors = {i: r for i, (s, r, _) in enumerate(results) if s != "ok"}
+    return statuses, states, fields, arrays, extras, errors
+
+
+def _unpack(packed: tuple, items: Sequence[Any]) -> list[tuple[str, Any, list]]:
+    statuses, states, fields, arrays, extras, errors = packed
+    ends = {name: np.cumsum([0] + lengths).tolist() for name, (_, lengths) in arrays.items()}
+    out, g = [], 0
+    for i, status in enumerate(statuses):
+        if status != "ok":
+            out.append((status, errors[i], states[i]))
+            continue
+        kwargs = {name: column[g] for name, column in fields.items()}
+        if kwargs.get("image", 0) is None:
+            kwargs["image"] = items[i]
+        for name, (a, _) in arrays.items():
+            kwargs[name] = a[ends[name][g] : ends[name][g + 1]]
+        out.append((status, (Record(**kwargs), *extras[g]), states[i]))
+        g += 1
+    return out
 
 
 def parse_all(
@@ -192,7 +235,7 @@ def parse_all(
             workers, mp.get_context("fork"), initializer=_init_worker, initargs=(parse, deps, items)
         ) as ex:
             chunks = ex.map(_parse_range, *zip(*bounds))
-            return [r for chunk in chunks for r in chunk]
+            return [r for (a, b), chunk in zip(bounds, chunks) for r in _unpack(chunk, items[a:b])]
     except (BrokenProcessPool, OSError) as e:  # a worker killed (out of memory?), or no fork
         warnings.warn(f"parallel scan failed ({e!r}); scanning in this process", LabelCacheWarning, stacklevel=3)
         return [_parse_one(parse, deps, it) for it in items]
