@@ -251,6 +251,7 @@ def test_voc_splits_are_cached_per_set(tmp_path, monkeypatch):
         m.setattr(cache, "PARALLEL_MIN", 0)
         m.setattr(cache, "scan_workers", lambda: 2)
         assert as_tuples(scan_records(cfg, "train")) == as_tuples(train)
+        assert as_tuples(scan_records(cfg, "val")) == as_tuples(val)
     xmls = Counter(monkeypatch, voc, "parse_voc_xml")
     assert as_tuples(scan_records(cfg, "train")) == as_tuples(train)
     assert as_tuples(scan_records(cfg, "val")) == as_tuples(val)
