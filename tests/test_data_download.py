@@ -160,6 +160,16 @@ def test_a_part_left_by_an_earlier_run_is_resumed(server, tmp_path):
     assert (tmp_path / "downloads" / "voc.tar.gz").read_bytes() == data
 
 
+def test_a_part_longer_than_the_file_is_dropped_and_fetched_again(server, tmp_path):
+    data, _ = tiny_voc_tar(np.random.default_rng())
+    ds = local_voc(server, data)
+    (tmp_path / "downloads").mkdir()
+    (tmp_path / "downloads" / "voc.tar.gz.part").write_bytes(data + b"junk")
+    get_dataset(ds, home=tmp_path, quiet=True, keep_archives=True)
+    assert server.log == [("/voc.tar.gz", f"bytes={len(data) + 4}-"), ("/voc.tar.gz", None)]
+    assert (tmp_path / "downloads" / "voc.tar.gz").read_bytes() == data
+
+
 def test_a_server_that_ignores_range_restarts_the_file(server, tmp_path):
     data, _ = tiny_voc_tar(np.random.default_rng())
     ds = local_voc(server, data)

@@ -203,8 +203,11 @@ def _fetch_once(url: str, part: Path, expected: int | None, timeout: float, quie
     try:
         resp = urllib.request.urlopen(req, timeout=timeout)
     except urllib.error.HTTPError as e:
-        if e.code == 416 and have and (expected is None or have == expected):
-            return have  # nothing left to fetch: the part is complete
+        if e.code == 416 and have:
+            if expected is None or have == expected:
+                return have  # nothing left to fetch: the part is complete
+            part.unlink()  # longer than the file: not a prefix of it; start afresh
+            raise ConnectionError(f"the partial download ({have} bytes) is longer than the file; restarting") from None
         raise
     with resp:
         total = None
