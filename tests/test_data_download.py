@@ -240,3 +240,15 @@ def test_cli_get(server, tmp_path, monkeypatch, capsys):
     assert out.out.strip() == str(tmp_path / "datasets" / "voc.yaml") and f"MLCA_HOME={tmp_path}" in out.err
     assert main(["data", "get", "nope", "--home", str(tmp_path)]) == 2
     assert "unknown dataset 'nope'" in capsys.readouterr().err
+
+
+def test_an_unpinned_archive_can_be_pinned_with_sha256(server, tmp_path, capsys):
+    data, _ = tiny_voc_tar(np.random.default_rng())
+    server.files["/x.tar.gz"] = data
+    unpinned = Archive("x.tar.gz", (f"{server.url}/x.tar.gz",))  # like coco128.zip: no size, no checksum
+    ds = dataclasses.replace(download.CATALOGUE["voc"], archives=(unpinned,), min_images={})
+    with pytest.raises(DownloadError, match="sha256"):
+        get_dataset(ds, home=tmp_path, sha256="f" * 64, quiet=True)
+    assert get_dataset(ds, home=tmp_path, sha256=hashlib.sha256(data).hexdigest(), quiet=True).is_file()
+    get_dataset(ds, home=tmp_path / "other")  # unpinned: the digest is printed so it can be pinned
+    assert hashlib.sha256(data).hexdigest() in capsys.readouterr().err

@@ -388,8 +388,8 @@ def get_dataset(
         return yaml_path
     downloads = base.parent / "downloads"
     files = [download_file(a, downloads, retries, timeout, quiet, sha256) for a in ds.archives]
-    for f in files:
-        if not quiet:
+    for a, f in zip(ds.archives, files):
+        if not quiet and not (a.md5 or a.sha256 or sha256):  # nothing pinned it: show what to pin
             print(f"{f.name}: {f.stat().st_size:,} bytes, sha256 {_digest(f, 'sha256')}", file=sys.stderr)
     base.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{ds.name}.tmp-", dir=base))
