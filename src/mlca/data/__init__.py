@@ -31,6 +31,8 @@ _API = {
     "ensure_embedded": "embedded",
     "preview_grid": "preview",
     "check_dataset": "check",
+    "get_dataset": "download",
+    "export_yolo": "yolo_export",
 }
 
 __all__ = sorted(_API)
