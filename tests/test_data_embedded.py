@@ -20,7 +20,7 @@ def tree_hashes(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != embedded.MARKER
+        if p.is_file() and p.name != embedded.MARKER and not p.name.endswith(".mlca-cache.npz")  # label caches
     }
 
 

@@ -21,6 +21,7 @@ COMMANDS = {
     "export": ("export", "export MAY to ONNX or TorchScript, checked against PyTorch"),
     "bench": ("bench", "MAY latency per attention in eager, compiled and onnxruntime"),
     "check": ("check", "check a dataset: every bad file and line, class counts, box sizes"),
+    "data": ("data", "download a public dataset (get) or write one as a YOLO dataset (export)"),
 }
 
 

@@ -32,6 +32,8 @@ _API = {
     "preview_grid": "preview",
     "check_dataset": "check",
     "register_reader": "registry",
+    "get_dataset": "download",
+    "export_yolo": "yolo_export",
 }
 
 __all__ = sorted(_API)

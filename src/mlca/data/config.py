@@ -70,6 +70,10 @@ def _find(spec: str | Path) -> tuple[Path, Path | None]:
     if path.is_file():
         return path, path.parent.resolve()
     if path.suffix == "" and len(path.parts) == 1:
+        from .download import dataset_yaml  # a set fetched by `mlca data get NAME` comes first
+
+        if dataset_yaml(path.name).is_file():
+            return dataset_yaml(path.name), dataset_yaml(path.name).parent
         shipped = resources.files("mlca") / "configs" / f"{path.name}.yaml"
         if shipped.is_file():
             return Path(str(shipped)), None

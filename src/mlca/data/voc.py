@@ -21,6 +21,7 @@ XML's stem, e.g. ``"000005"``).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,4 +195,12 @@ def read_voc(config: DatasetConfig, spec: Any, skip_bad: bool = False) -> ReadRe
     if not items:
         raise DataError(config.source, f"no VOC annotations found for split {spec!r} under {config.root}")
     keep = bool(config.options.get("keep_difficult", False))
-    return collect(items, lambda it: parse_voc_xml(it, config.names, keep), skip_bad)
+    from . import cache, images as _images_mod, record as _record_mod, scan as _scan_mod
+
+    where = cache.cache_file(items[0].xml.parent, spec, simple=False) if cache.cache_enabled(config.options) else None
+    code = cache.code_hash(sys.modules[__name__], _images_mod, _record_mod, _scan_mod)
+    fp = {"reader": "voc", "names": config.names, "keep_difficult": keep, "code": code}
+    return cache.cached_collect(
+        items, lambda it: parse_voc_xml(it, config.names, keep), skip_bad, where, fp,
+        key=lambda it: str(it.xml), deps=lambda it: [it.xml],
+    )  # fmt: skip

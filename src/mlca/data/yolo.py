@@ -12,6 +12,7 @@ without a label file is a background image (no objects).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,7 @@ def yolo_images(root: Path, spec: Any, source: Path | None = None) -> list[Path]
     for s in specs:
         p = _split_path(s, root)
         if p.is_dir():
-            images += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
+            images += sorted((q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES), key=lambda q: q.parts)
         elif p.suffix.lower() == ".txt" and p.is_file():
             for line in p.read_text().splitlines():
                 line = line.strip()
@@ -153,4 +154,11 @@ def read_yolo(config: DatasetConfig, spec: Any, skip_bad: bool = False) -> ReadR
             boxes, labels, n_clipped = np.zeros((0, 4), np.float32), np.zeros(0, np.int64), 0
         return Record(image, boxes, labels, width, height), n_clipped
 
-    return collect(images, parse, skip_bad)
+    from . import cache, images as _images_mod, record as _record_mod, scan as _scan_mod
+
+    simple = not isinstance(spec, (list, tuple)) and _resolve(spec, config.root).is_dir()
+    anchor = label_path(_resolve(spec, config.root) / "_.jpg" if simple else images[0]).parent
+    where = cache.cache_file(anchor, spec, simple) if cache.cache_enabled(config.options) else None
+    code = cache.code_hash(sys.modules[__name__], _images_mod, _record_mod, _scan_mod)
+    fp = {"reader": "yolo", "nc": config.nc, "code": code}
+    return cache.cached_collect(images, parse, skip_bad, where, fp, deps=lambda im: [im, label_path(im)])
