@@ -1,7 +1,9 @@
-"""MLCA's fused CPU kernels (the optional C extension ``_mlca_c``): when they apply, and the calls.
+"""MLCA's fused CPU kernels (backend "c"): the loader of the optional C extension, when its
+kernels apply, and the calls.
 
-The extension is built by ``pip install`` where a C compiler is present (``setup.py``); without
-it everything runs on the PyTorch kernels of ``_mlca_function.py``. It covers contiguous
+The sources are in this folder (``_mlca_c.c``, ``_mlca_c_kernels.h``); the extension module is
+``mlca.attention._mlca_c``, built by ``pip install`` where a C compiler is present
+(``setup.py``); without it everything runs on the PyTorch kernels (``..torch``). It covers contiguous
 NCHW and channels_last float32/float64 CPU tensors -- every size, local_size and channel count
 (channels_last through NHWC variants of the kernels, output in the input's layout) -- and computes
 the same function as the PyTorch path (same adaptive-pooling bins, sums over bin members only,
@@ -21,14 +23,14 @@ import torch
 from torch import Tensor
 
 try:  # imported after torch: the extension's OpenMP runtime is the one torch loaded
-    from . import _mlca_c
+    from mlca.attention import _mlca_c
 except ImportError:  # not built (no compiler at install time): the PyTorch kernels run instead
     _mlca_c = None
 
-__all__ = [
-    "native_available", "native_unsupported", "dispatch_mode_active", "native_forward",
-    "native_backward",
-]
+__all__ = ["NAME", "ONCE_DIFFERENTIABLE", "native_available", "unsupported", "forward", "backward"]
+
+NAME = "c"
+ONCE_DIFFERENTIABLE = False
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -49,18 +51,12 @@ def native_available() -> bool:
 _is_functorch_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", lambda t: False)
 
 
-def functorch_wrapped(*tensors: Tensor) -> bool:
-    """Whether any of ``tensors`` is wrapped by a torch.func transform (vmap, grad, jvp, ...)."""
-    return any(_is_functorch_wrapped(t) for t in tensors)
-
-
-def native_unsupported(x: Tensor, eager: bool = True) -> Optional[str]:
+def unsupported(x: Tensor, eager: bool = True) -> Optional[str]:
     """Why the C kernels cannot take ``x`` (a sentence), or None when they can.
 
     ``eager``: also refuse what only eager mode can meet: tensor subclasses and tensors wrapped by
     torch.func transforms. (Under torch.compile these checks are not traced; the custom op's
-    inputs are plain tensors.) Active ``TorchDispatchMode``s are the caller's business
-    (``dispatch_mode_active``).
+    inputs are plain tensors.) Active ``TorchDispatchMode``s are the dispatcher's business.
     """
     if _mlca_c is None:
         return ("the C extension mlca.attention._mlca_c is not built "
@@ -87,13 +83,6 @@ def _nhwc(x: Tensor) -> bool:
     return not x.is_contiguous()
 
 
-def dispatch_mode_active() -> bool:
-    """True under a ``TorchDispatchMode`` (``FlopCounterMode``, ``attention_cost``'s counter, ...):
-    such a mode must see every op, and would see none of the C kernels', so MLCA runs its
-    PyTorch kernels then, even when the "c" backend is forced."""
-    return torch._C._len_torch_dispatch_stack() > 0
-
-
 def _flat(w: Tensor, dtype: torch.dtype) -> Tensor:
     """A conv weight (1, 1, k) as k contiguous values of ``dtype``: w itself when it already is
     (only its data pointer is read), else a converted copy."""
@@ -102,7 +91,7 @@ def _flat(w: Tensor, dtype: torch.dtype) -> Tensor:
     return w
 
 
-def native_forward(
+def forward(
     x: Tensor, w_global: Tensor, w_local: Tensor, ls: int, lw: float
 ) -> Tuple[Tensor, Tensor]:
     """x (B, C, H, W) float32/64 on the CPU, NCHW or channels_last -> (out (B, C, H, W) in x's
@@ -119,7 +108,7 @@ def native_forward(
     return out, local
 
 
-def native_backward(
+def backward(
     g: Tensor, x: Tensor, local: Tensor, w_global: Tensor, w_local: Tensor, ls: int, lw: float,
     needs: Tuple[bool, bool, bool] = (True, True, True),
 ) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
