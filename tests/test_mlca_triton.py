@@ -261,6 +261,21 @@ def test_other_kernel_variants_match_reference(algo, cols, fused):
         _assert_matches(got, _reference_grads(x, wg, wl, L, 0.3, g), rtol=2e-5, atol=2e-6)
 
 
+def test_settings_are_immutable_copies_with_clear_errors():
+    """Variants are new objects: the defaults MLCA runs with never change under a benchmark."""
+    flat = DEFAULT_SETTINGS.replace(algo="flat")
+    assert flat.algo == "flat" and DEFAULT_SETTINGS.algo == "rows"
+    tiled = DEFAULT_SETTINGS.with_tile("scale_nchw", (2, 128, 4, 4))
+    assert tiled.tuning["scale_nchw"] == (2, 128, 4, 4)
+    assert DEFAULT_SETTINGS.tuning["scale_nchw"] == (4, 256, 8, 4)
+    with pytest.raises(TypeError):
+        DEFAULT_SETTINGS.tuning["scale_nchw"] = (1, 1, 1, 1)  # read-only mapping
+    with pytest.raises(ValueError, match="algo.*rows.*flat"):
+        TritonSettings(algo="tiles")
+    with pytest.raises(ValueError, match="unknown tile"):
+        DEFAULT_SETTINGS.with_tile("scale_nhwc", (1, 1, 1, 1))
+
+
 def test_gradient_with_other_strides_than_x():
     """grad_output laid out differently from x (NCHW x, channels_last g) and a non-dense x."""
     x, wg, wl, g = _inputs(1, 5, 6, 7, 3, seed=4)

@@ -71,11 +71,13 @@ class _Configured:
         return unsupported(x, eager)
 
     def forward(self, x, w_global, w_local, local_size, local_weight):
+        """As the module's ``forward``: x (B, C, H, W) -> (out, local (B, C, L, L))."""
         return _launch.forward(x, w_global, w_local, local_size, local_weight, self.settings,
                                self.blocks)
 
     def backward(self, g, x, saved, w_global, w_local, local_size, local_weight,
                  needs=(True, True, True)):
+        """As the module's ``backward``: grads of x, w_global, w_local."""
         return _launch.backward(g, x, saved, w_global, w_local, local_weight, needs,
                                 self.settings, self.blocks)
 
