@@ -161,7 +161,8 @@ try:
 except ImportError:
     pass
 names = sys.argv[1].split(",")
-width = max(1, min(4, len(os.sched_getaffinity(0))))  # children at once: the cores we may use
+cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+width = max(1, min(4, cores or 1))  # children at once: the cores we may use
 
 
 def child(first):
