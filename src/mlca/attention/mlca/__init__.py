@@ -11,8 +11,8 @@
     backends/     torch.py, c/ (C sources + loader), triton/ (kernels, launch, settings):
                   each unsupported(x) -> reason or None, forward -> (out, saved), backward
 
-Imports point down this list's dependency order (module -> dispatch/function/reference ->
-backends -> mix -> pooling); nothing below imports anything above it.
+Imports point one way: module -> dispatch, function, reference, op -> backends -> mix, pooling;
+mix.py and pooling.py import nothing of the package.
 """
 
 from .dispatch import get_default_backend, set_default_backend

@@ -14,18 +14,17 @@ With ``local`` the (B, C, ls, ls) bin means:
 
 ``mlca_mix`` is the plain formulation (scriptable, exportable, differentiable by autograd);
 ``mix_eager`` the same values in fewer ops for the eager kernels, and ``mix_backward`` its
-hand-written gradient.
+hand-written gradient. This module imports nothing else of the package: every formulation
+and backend can import it without a circle.
 """
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Dict, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from .pooling import cached_full
 
 __all__ = ["conv1d_same", "mlca_mix", "mix_eager", "mix_backward"]
 
@@ -107,6 +106,21 @@ def _conv_same(x: Tensor, w: Tensor) -> Tensor:
     return y
 
 
+_MEAN_VECTORS: Dict[Tuple[int, str, torch.dtype], Tensor] = {}
+
+
+def _mean_vector(n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """A cached read-only (n,) vector of 1/n: one dictionary lookup instead of an op per call
+    (bounded: emptied at 64 entries, one per (ls, device, dtype) met)."""
+    key = (n, str(device), dtype)
+    vec = _MEAN_VECTORS.get(key)
+    if vec is None:
+        if len(_MEAN_VECTORS) >= 64:
+            _MEAN_VECTORS.clear()
+        vec = _MEAN_VECTORS[key] = torch.full((n,), 1.0 / n, device=device, dtype=dtype)
+    return vec
+
+
 def mix_eager(
     local: Tensor, wg: Tensor, wl: Tensor, lw: float
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -118,7 +132,7 @@ def mix_eager(
     b, c, ls = local.shape[0], local.shape[1], local.shape[2]
     bins = ls * ls
     # mean of the bins as a matrix-vector product (a third of the reduction kernel's time here)
-    mean_vec = cached_full(bins, 1.0 / bins, local.device, local.dtype)
+    mean_vec = _mean_vector(bins, local.device, local.dtype)
     gvec = torch.mv(local.reshape(b * c, bins), mean_vec)
     gvec = gvec.reshape(b, 1, c)
     seq = local.reshape(b, c, bins).transpose(1, 2).reshape(b, 1, bins * c)  # bin-major
