@@ -3,7 +3,8 @@
 The extension is plain C against CPython's API (no PyTorch headers), so it builds in seconds with
 any C compiler and any installed torch. It is optional: where it cannot be built (no compiler),
 the install still succeeds and MLCA runs its PyTorch kernels
-(``mlca.attention._native.native_available()`` says which).
+(``mlca.attention.mlca.backends.c.native_available()`` says which). The sources live with the
+C backend (``src/mlca/attention/mlca/backends/c/``); the module keeps its import name.
 """
 
 import sys
@@ -24,8 +25,8 @@ setup(
     ext_modules=[
         Extension(
             "mlca.attention._mlca_c",
-            sources=["src/mlca/attention/_mlca_c.c"],
-            depends=["src/mlca/attention/_mlca_c_kernels.h"],
+            sources=["src/mlca/attention/mlca/backends/c/_mlca_c.c"],
+            depends=["src/mlca/attention/mlca/backends/c/_mlca_c_kernels.h"],
             extra_compile_args=compile_args,
             extra_link_args=link_args,
             optional=True,

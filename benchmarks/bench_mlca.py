@@ -22,8 +22,11 @@ and for mlca (one, its output) alike. For the steady state of a process that reu
     GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296 \
         python benchmarks/bench_mlca.py
 
-Contenders are entries of ``CONTENDERS``; other back-ends (the Triton path of issue 7) append
-theirs with ``CONTENDERS.append(Contender(...))`` or by adding to the list below.
+Contenders are entries of ``CONTENDERS``; other back-ends (the Triton path) append theirs with
+``CONTENDERS.append(Contender(...))`` or by adding to the list below.
+
+``--json PATH`` also writes the rows as JSON (what ``bench_mlca_ab.py`` reads to compare two
+source trees).
 """
 
 from __future__ import annotations
@@ -122,22 +125,22 @@ CONTENDERS: list[Contender] = [
 
 
 class _StreamedMLCA(MLCA):
-    """MLCA on the C kernels with ``_native.STREAM_MIN_BYTES`` set to ``min_bytes`` around each
-    call: 0 = always write outputs with non-temporal stores, huge = never (``--stream-ab``)."""
+    """MLCA on the C kernels with outputs of ``min_bytes`` or more written with non-temporal
+    stores: 0 = always, huge = never (``--stream-ab``); the threshold is passed to the C backend
+    (``backends.c.configured``), not set in it."""
 
     def __init__(self, channels: int, min_bytes: int) -> None:
         super().__init__(channels, backend="c")
-        self.min_bytes = min_bytes
+        from mlca.attention.mlca.backends import c
+
+        self.c_backend = c.configured(min_bytes)
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, C, H, W) -> (B, C, H, W), as MLCA."""
-        import mlca.attention._native as native
+        from mlca.attention.mlca.function import mlca_function
 
-        before, native.STREAM_MIN_BYTES = native.STREAM_MIN_BYTES, self.min_bytes
-        try:
-            return super().forward(x)
-        finally:
-            native.STREAM_MIN_BYTES = before
+        return mlca_function(x, self.conv.weight, self.conv_local.weight, self.local_size,
+                             self.local_weight, self.c_backend)
 
 
 def _stream_variant(min_bytes: int):
@@ -153,7 +156,7 @@ STREAM_AB = [
 ]
 
 
-# --- Issue 7: the fused Triton path, CUDA only. Its effective GB/s, % of device-to-device copy
+# --- The fused Triton path, CUDA only. Its effective GB/s, % of device-to-device copy
 # bandwidth and the 32x256x160x160 shape are in benchmarks/bench_mlca_gpu.py (docs/triton.md).
 def _mlca_triton(c: int, dev: torch.device) -> nn.Module:
     return MLCA(c, backend="triton").to(dev)
@@ -325,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="shapes to run instead of the default list, e.g. 16x256x20x20")
     p.add_argument("--stream-ab", action="store_true",
                    help="add the C kernels with outputs always / never written by non-temporal "
-                        "stores (the choice _native.STREAM_MIN_BYTES makes by size)")
+                        "stores (the choice the C backend makes by size, STREAM_MIN_BYTES)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")
     args = p.parse_args(argv)
 
     dev = torch.device(args.device)
@@ -362,6 +366,12 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_shape(shape, contenders, dev, reps, warmup, block=args.block)
     print()
     print(markdown_table(rows, dev))
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump([{"shape": list(r.shape), "name": r.name, "fwd_ms": r.fwd_ms,
+                        "fwdbwd_ms": r.fwdbwd_ms, "saved_mb": r.saved_mb} for r in rows], f)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""GPU benchmark of the fused Triton MLCA path (issue 7) against the seed, eager and compiled.
+"""GPU benchmark of the fused Triton MLCA path (backend "triton") against the seed, eager and compiled.
 
 Usage::
 
@@ -36,7 +36,7 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -89,8 +89,21 @@ class SeedMLCA(nn.Module):
 class Contender:
     name: str
     build: Callable[[int], nn.Module]  # channels -> module on the device (seed state loaded)
-    # mlca_triton module settings to hold while this contender runs (forward and backward)
-    triton_flags: dict = field(default_factory=dict)
+
+
+def _settings_mlca(in_size: int, settings) -> nn.Module:
+    """MLCA (same parameters and state_dict keys) whose forward runs the Triton kernels with
+    ``settings`` (a ``TritonSettings``), passed explicitly to ``mlca_triton``."""
+    from mlca.attention.mlca import MLCA
+    from mlca.attention.mlca.backends.triton import mlca_triton
+
+    class SettingsMLCA(MLCA):
+        def forward(self, x: Tensor) -> Tensor:
+            """x: (B, C, H, W) -> (B, C, H, W), as MLCA with the Triton backend."""
+            return mlca_triton(x, self.conv.weight, self.conv_local.weight, self.local_size,
+                               self.local_weight, settings=settings)
+
+    return SettingsMLCA(in_size, backend="triton")
 
 
 @dataclass
@@ -149,10 +162,13 @@ def copy_bandwidth_gbs(device: torch.device, timer: Timer, nbytes: int) -> float
 
 
 def make_contenders(device: torch.device, dtype: torch.dtype, compile_seed: bool,
-                    triton_ok: bool, compare_middle: bool = True) -> list[Contender]:
+                    triton_ok: bool, compare_middle: bool = True,
+                    settings=None) -> list[Contender]:
     """The seed runs wholly in x's dtype (its conv1d needs weights of the input's dtype, as in a
     model converted with ``.half()``); MLCA keeps float32 parameters and computes its attention
-    in float32 whatever x's dtype."""
+    in float32 whatever x's dtype. ``settings``: the ``TritonSettings`` of the Triton contenders
+    (None: the defaults)."""
+    from mlca.attention.mlca.backends.triton import DEFAULT_SETTINGS
     from mlca.attention.mlca import MLCA
 
     def seed_f32(c: int) -> nn.Module:
@@ -162,9 +178,10 @@ def make_contenders(device: torch.device, dtype: torch.dtype, compile_seed: bool
     def seed(c: int) -> nn.Module:
         return seed_f32(c).to(dtype)
 
-    def mlca(backend: str) -> Callable[[int], nn.Module]:
+    def mlca(backend: str, triton_settings=None) -> Callable[[int], nn.Module]:
         def build(c: int) -> nn.Module:
-            mod = MLCA(c, backend=backend).to(device)
+            mod = (MLCA(c, backend=backend) if triton_settings is None
+                   else _settings_mlca(c, triton_settings)).to(device)
             mod.load_state_dict(seed_f32(c).state_dict())  # same parameter names as the seed
             return mod
 
@@ -181,16 +198,16 @@ def make_contenders(device: torch.device, dtype: torch.dtype, compile_seed: bool
         out.append(Contender("seed compiled", compiled))
     out.append(Contender("mlca torch", mlca("torch")))
     if triton_ok:
-        out.append(Contender("mlca triton", mlca("triton")))
+        base = settings or DEFAULT_SETTINGS
+        out.append(Contender("mlca triton", mlca("triton", settings)))
         if compare_middle:
             # The middle as PyTorch ops (before it was fused): what the fusion buys, side by side.
-            out.append(Contender("triton torch-mid", mlca("triton"), {"FUSED_MIDDLE": False}))
+            out.append(Contender("triton torch-mid",
+                                 mlca("triton", base.replace(fused_middle=False))))
     return out
 
 
 def bench_shape(shape, contenders, device, dtype, channels_last, timer, n_inputs=3) -> list[Row]:
-    from mlca.attention import mlca_triton as mt
-
     gen = torch.Generator().manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
 
@@ -203,14 +220,7 @@ def bench_shape(shape, contenders, device, dtype, channels_last, timer, n_inputs
     ref = None
     rows: list[Row] = []
     for con in contenders:
-        saved = {name: getattr(mt, name) for name in con.triton_flags}
-        for name, value in con.triton_flags.items():
-            setattr(mt, name, value)
-        try:
-            rows.append(_bench_one(con, shape, xs, xs_g, gs, n_inputs, timer, dtype))
-        finally:
-            for name, value in saved.items():
-                setattr(mt, name, value)
+        rows.append(_bench_one(con, shape, xs, xs_g, gs, n_inputs, timer, dtype))
         ref = rows[0].out if ref is None else ref  # the first contender (seed eager): reference
         rows[-1].max_err = (rows[-1].out - ref).abs().max().item()
         rows[-1].out = None
@@ -292,7 +302,7 @@ def check_deterministic(device: torch.device, dtype: torch.dtype, shape) -> str:
 
 
 # Candidate tiles for --tune: "reduce" (BLOCK_C, BLOCK_W, num_warps), "scale" (BLOCK_C,
-# BLOCK_W, ROWS, num_warps), as in mlca_triton.TUNING.
+# BLOCK_W, ROWS, num_warps), as in TritonSettings.tuning.
 TUNE_CANDIDATES = {
     "reduce_nchw": [(4, 128, 4), (8, 128, 4), (2, 256, 4)],
     "reduce_cl": [(32, 16, 4), (64, 16, 4), (64, 32, 8)],
@@ -302,18 +312,19 @@ TUNE_CANDIDATES = {
 TUNE_SHAPES = [(32, 256, 160, 160)]
 
 
-def tune(dtype: torch.dtype, copy_gbs: float) -> None:
+def tune(dtype: torch.dtype, copy_gbs: float, settings=None) -> None:
     """Time the forward kernels alone for each candidate tile (and the flat kernels), print GB/s.
 
     reduce: reads |x|; scale: reads |x|, writes |x|. ``triton.testing.do_bench`` (median, L2
     flushed between calls)."""
     import triton.testing
 
-    from mlca.attention import mlca_triton as mt
+    from mlca.attention.mlca.backends.triton import DEFAULT_SETTINGS
+    from mlca.attention.mlca.backends.triton import launch as mt
 
-    saved_algo, saved_tuning, saved_cols, saved_fit = mt.ALGO, dict(mt.TUNING), mt.NCHW_COLS, mt.FIT_W
-    # The (B, C, L, L) middle: the fused Triton kernels (mlca_triton's default), the PyTorch ops
-    # it used before (FUSED_MIDDLE = False), and the same ops on cuDNN's default (TF32) path.
+    base = settings or DEFAULT_SETTINGS
+    # The (B, C, L, L) middle: the fused Triton kernels (the default), the PyTorch ops it used
+    # before (fused_middle=False), and the same ops on cuDNN's default (TF32) path.
     local = torch.randn(32, 256, 5, 5, device="cuda", requires_grad=True)
     wg = torch.randn(1, 1, 5, device="cuda", requires_grad=True)
     wl = torch.randn(1, 1, 5, device="cuda", requires_grad=True)
@@ -349,49 +360,45 @@ def tune(dtype: torch.dtype, copy_gbs: float) -> None:
               flush=True)
     if os.environ.get("MLCA_TUNE_MIDDLE_ONLY"):
         return
-    try:
-        for shape in TUNE_SHAPES:
-            for cl in (False, True):
-                fmt = torch.channels_last if cl else torch.contiguous_format
-                x = torch.randn(shape, device="cuda").to(dtype).contiguous(memory_format=fmt)
-                small = torch.rand(shape[0], shape[1], 5, 5, device="cuda")
-                nb = x.numel() * x.element_size()
-                lay = "cl" if cl else "nchw"
-                print(f"tune {shape} {lay} {dtype}", flush=True)
-                results = []
-                mt.ALGO = "flat"
-                for kern, fn, nbytes in (("reduce", lambda: mt._bin_reduce(x, None, 5, False, None), nb),
-                                         ("scale", lambda: mt._scale(x, small, None, x, False, None), 2 * nb)):
-                    ms = triton.testing.do_bench(fn, return_mode="median")
-                    results.append((kern, "flat", ms, nbytes / ms / 1e6))
-                mt.ALGO = "rows"
-                # NCHW: BLOCK_W fitted to W or not; the scale with and without W-upsampled maps.
-                variants = [("reduce", nb, True, True), ("scale", 2 * nb, True, True)]
-                if not cl:
-                    variants += [("reduce", nb, True, False), ("scale", 2 * nb, True, False),
-                                 ("scale", 2 * nb, False, True)]
-                for kern, nbytes, cols, fit in variants:
-                    mt.NCHW_COLS, mt.FIT_W = cols, fit
-                    for cand in TUNE_CANDIDATES[f"{kern}_{lay}"]:
-                        mt.TUNING[f"{kern}_{lay}"] = cand
-                        fn = ((lambda: mt._bin_reduce(x, None, 5, False, None)) if kern == "reduce"
-                              else (lambda: mt._scale(x, small, None, x, False, None)))
-                        try:
-                            ms = triton.testing.do_bench(fn, return_mode="median")
-                        except Exception as e:  # a tile that does not compile (resources)
-                            print(f"  {kern} {cand}: failed {type(e).__name__}: {e}"[:200])
-                            continue
-                        label = str(cand) + ("" if cols else " gather") + ("" if fit else " pow2")
-                        results.append((kern, label, ms, nbytes / ms / 1e6))
-                    mt.TUNING.update(saved_tuning)
-                mt.NCHW_COLS, mt.FIT_W = saved_cols, saved_fit
-                for kern, cand, ms, gbs in results:
-                    print(f"  {kern:<6} {cand:<25} {ms * 1e3:9.1f} us {gbs:8.0f} GB/s "
-                          f"{100 * gbs / copy_gbs:5.0f}% copy", flush=True)
-                del x
-    finally:
-        mt.ALGO, mt.NCHW_COLS, mt.FIT_W = saved_algo, saved_cols, saved_fit
-        mt.TUNING.update(saved_tuning)
+    for shape in TUNE_SHAPES:
+        for cl in (False, True):
+            fmt = torch.channels_last if cl else torch.contiguous_format
+            x = torch.randn(shape, device="cuda").to(dtype).contiguous(memory_format=fmt)
+            small = torch.rand(shape[0], shape[1], 5, 5, device="cuda")
+            nb = x.numel() * x.element_size()
+            lay = "cl" if cl else "nchw"
+            print(f"tune {shape} {lay} {dtype}", flush=True)
+            results = []
+
+            def kernel(kern: str, st) -> Callable[[], Tensor]:
+                if kern == "reduce":
+                    return lambda: mt._bin_reduce(x, None, 5, False, None, st)
+                return lambda: mt._scale(x, small, None, x, False, None, st)
+
+            flat = base.replace(algo="flat")
+            for kern, nbytes in (("reduce", nb), ("scale", 2 * nb)):
+                ms = triton.testing.do_bench(kernel(kern, flat), return_mode="median")
+                results.append((kern, "flat", ms, nbytes / ms / 1e6))
+            # NCHW: BLOCK_W fitted to W or not; the scale with and without W-upsampled maps.
+            variants = [("reduce", nb, True, True), ("scale", 2 * nb, True, True)]
+            if not cl:
+                variants += [("reduce", nb, True, False), ("scale", 2 * nb, True, False),
+                             ("scale", 2 * nb, False, True)]
+            for kern, nbytes, cols, fit in variants:
+                for cand in TUNE_CANDIDATES[f"{kern}_{lay}"]:
+                    st = base.replace(algo="rows", nchw_cols=cols, fit_w=fit).with_tile(
+                        f"{kern}_{lay}", cand)
+                    try:
+                        ms = triton.testing.do_bench(kernel(kern, st), return_mode="median")
+                    except Exception as e:  # a tile that does not compile (resources)
+                        print(f"  {kern} {cand}: failed {type(e).__name__}: {e}"[:200])
+                        continue
+                    label = str(cand) + ("" if cols else " gather") + ("" if fit else " pow2")
+                    results.append((kern, label, ms, nbytes / ms / 1e6))
+            for kern, cand, ms, gbs in results:
+                print(f"  {kern:<6} {cand:<25} {ms * 1e3:9.1f} us {gbs:8.0f} GB/s "
+                      f"{100 * gbs / copy_gbs:5.0f}% copy", flush=True)
+            del x
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -405,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tune", action="store_true",
                    help="time the Triton kernels alone for several tile shapes, then exit")
     p.add_argument("--algo", choices=("rows", "flat"), default=None,
-                   help="which Triton kernels mlca_triton uses (default: its ALGO)")
+                   help="which Triton kernels run (default: TritonSettings().algo)")
     p.add_argument("--interpret-check", action="store_true",
                    help="no GPU: run all code paths on the CPU via TRITON_INTERPRET=1 (tiny shape)")
     args = p.parse_args(argv)
@@ -426,11 +433,10 @@ def main(argv: list[str] | None = None) -> int:
         shapes = YOLO_SHAPES + ([] if args.no_large else LARGE_SHAPES)
         reps, warmup, compile_seed, copy_nbytes = args.reps, args.warmup, not args.no_compile, 2**30
 
-    from mlca.attention import mlca_triton as mt
-    from mlca.attention.mlca_triton import triton_available
+    from mlca.attention.mlca.backends.triton import DEFAULT_SETTINGS, triton_available
+    from mlca.attention.mlca.backends.triton.kernels import triton
 
-    if args.algo is not None:
-        mt.ALGO = args.algo
+    settings = DEFAULT_SETTINGS if args.algo is None else DEFAULT_SETTINGS.replace(algo=args.algo)
 
     triton_ok = triton_available()
     if not triton_ok:
@@ -440,13 +446,13 @@ def main(argv: list[str] | None = None) -> int:
     name = (torch.cuda.get_device_name(device) if device.type == "cuda"
             else "CPU, Triton INTERPRETER (timings meaningless)")
     print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, torch {torch.__version__}, "
-          f"triton {mt.triton.__version__ if mt.triton else '-'}, kernels {mt.ALGO!r}, "
+          f"triton {triton.__version__ if triton else '-'}, kernels {settings.algo!r}, "
           f"{name}, {args.dtype}, {'channels_last' if args.channels_last else 'NCHW'}, median of {reps}; "
           f"copy reference {copy_gbs:.4g} GB/s")
     if args.tune:
-        tune(dtype, copy_gbs)
+        tune(dtype, copy_gbs, settings)
         return 0
-    contenders = make_contenders(device, dtype, compile_seed, triton_ok)
+    contenders = make_contenders(device, dtype, compile_seed, triton_ok, settings=settings)
     rows: list[Row] = []
     for shape in shapes:
         print(f"shape {shape}", flush=True)

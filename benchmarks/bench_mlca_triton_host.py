@@ -94,11 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shapes", default=None, help="e.g. 16x256x20x20,8x256x80x80")
     args = p.parse_args(argv)
     try:
-        from mlca.attention import mlca_triton as mt
+        from mlca.attention.mlca.backends.triton import launch as mt
     except ImportError as e:  # pragma: no cover - depends on the torch build
         print(f"bench_mlca_triton_host.py: {e}", file=sys.stderr)
         return 2
-    if not mt._HAS_TRITON:
+    if not mt.HAS_TRITON:
         print("bench_mlca_triton_host.py: Triton is not installed (it ships with CUDA builds of "
               "torch)", file=sys.stderr)
         return 2
@@ -119,10 +119,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(mt, shapes, reps: int, rounds: int) -> None:
+    """``mt``: the Triton backend's launch module, whose helpers the contenders swap."""
+    from mlca.attention.mlca.backends.triton import mlca_triton
+    from mlca.attention.mlca.backends.triton.kernels import triton
+
     cons = contenders(mt)
     print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
           f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"triton {mt.triton.__version__}, kernel launches stubbed, "
+          f"triton {triton.__version__}, kernel launches stubbed, "
           f"median us per call over {rounds} rounds x {reps} calls")
     print("| shape | contender | fwd (no grad) us | fwd+bwd us | fwd ratio | fwd+bwd ratio |")
     print("|---|---|---:|---:|---:|---:|")
@@ -135,10 +139,10 @@ def run(mt, shapes, reps: int, rounds: int) -> None:
 
             def fwd() -> None:
                 with torch.no_grad():
-                    mt.mlca_triton(x, wg, wl, 5, 0.5)
+                    mlca_triton(x, wg, wl, 5, 0.5)
 
             def fwdbwd() -> None:
-                torch.autograd.grad(mt.mlca_triton(x, wg, wl, 5, 0.5), (x, wg, wl), g)
+                torch.autograd.grad(mlca_triton(x, wg, wl, 5, 0.5), (x, wg, wl), g)
 
             times: dict[str, tuple[list[float], list[float]]] = {n: ([], []) for n in cons}
             names = list(cons)

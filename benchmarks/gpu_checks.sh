@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 7's GPU checks in one call, for a machine with CUDA, Triton, pytest and hypothesis
+# The Triton path's GPU checks in one call, for a machine with CUDA, Triton, pytest and hypothesis
 # already installed (the device tool's H100/H200 image has them; nothing is installed here):
 #
 #     bash benchmarks/gpu_checks.sh          # ~6-8 minutes on an H100; logs in $OUT or ./gpu-logs

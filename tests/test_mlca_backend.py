@@ -1,5 +1,5 @@
 """The backend switch of MLCA: per module, global (set_default_backend / $MLCA_BACKEND), and the
-dispatch to the Triton path (issue 7) only where it applies."""
+dispatch to the Triton path only where it applies."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import mlca.attention.mlca as mlca_mod
-from mlca.attention._native import native_available
+from mlca.attention.mlca.backends.c import native_available
 from mlca.attention.mlca import MLCA, get_default_backend, set_default_backend
 
 
@@ -40,14 +40,14 @@ class _Spy:
 
     def __call__(self, x, w_global, w_local, local_size, local_weight):
         self.calls += 1
-        return x * 0 + 42.0
+        return x * 0 + 42.0, x.new_zeros(x.shape[0], x.shape[1], local_size, local_size)
 
 
 @pytest.fixture
 def spy(monkeypatch):
-    triton_mod = pytest.importorskip("mlca.attention.mlca_triton")
+    triton_mod = pytest.importorskip("mlca.attention.mlca.backends.triton")
     s = _Spy()
-    monkeypatch.setattr(triton_mod, "mlca_triton", s)
+    monkeypatch.setattr(triton_mod, "forward", s)
     monkeypatch.setattr(triton_mod, "triton_available", lambda: True)
     return s
 
@@ -66,7 +66,7 @@ def test_auto_on_cpu_uses_torch_and_forced_triton_dispatches(spy):
 
 
 def test_missing_triton_module_falls_back_or_raises(monkeypatch):
-    monkeypatch.setitem(sys.modules, "mlca.attention.mlca_triton", None)  # import -> ImportError
+    monkeypatch.setitem(sys.modules, "mlca.attention.mlca.backends.triton", None)  # import -> ImportError
     x = torch.randn(1, 8, 6, 6)
     set_default_backend("auto")
     assert MLCA(8)(x).shape == x.shape

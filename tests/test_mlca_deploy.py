@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import _mlca_ref as ref
-from mlca.attention._native import native_available
+from mlca.attention.mlca.backends.c import native_available
 from mlca.attention.mlca import MLCA, export_formulation
 
 
@@ -145,30 +145,30 @@ def test_torchscript_block_and_gather_paths_keep_non_finite_values_in_their_bins
         _assert_like_reference(scripted(x), x, m, f"at {shape}")
 
 
-@pytest.mark.parametrize("native", [False] + ([True] if native_available() else []))
+@pytest.mark.parametrize("backend", ["torch"] + (["c"] if native_available() else []))
 @pytest.mark.parametrize("shape", [(2, 8, 20, 20), (2, 8, 13, 13), (2, 8, 7, 9), (1, 8, 3, 2)])
-def test_custom_ops_agree_with_their_fake_kernels(shape, native):
+def test_custom_ops_agree_with_their_fake_kernels(shape, backend):
     """torch.library.opcheck: the fake (meta) kernels that torch.compile traces with give the
     real kernels' shapes, dtypes and strides, on the block path and on the dense path, with the
-    PyTorch kernels and with the C kernels (``native``)."""
-    from mlca.attention import _mlca_op  # noqa: F401  (registers the ops)
+    PyTorch kernels and with the C kernels (the op's ``backend`` argument)."""
+    from mlca.attention.mlca import op  # noqa: F401  (registers the ops)
 
     m = _model(8)
     wg, wl = m.conv.weight.detach(), m.conv_local.weight.detach()
     x = torch.randn(shape)
-    torch.library.opcheck(torch.ops.mlca.mlca_fwd.default, (x, wg, wl, 5, 0.5, native))
-    out, local = torch.ops.mlca.mlca_fwd(x, wg, wl, 5, 0.5, native)
+    torch.library.opcheck(torch.ops.mlca.mlca_fwd.default, (x, wg, wl, 5, 0.5, backend))
+    out, local = torch.ops.mlca.mlca_fwd(x, wg, wl, 5, 0.5, backend)
     g = torch.randn(shape)
-    torch.library.opcheck(torch.ops.mlca.mlca_bwd.default, (g, x, local, wg, wl, 5, 0.5, native))
+    torch.library.opcheck(torch.ops.mlca.mlca_bwd.default, (g, x, local, wg, wl, 5, 0.5, backend))
 
 
 def test_export_formulation_is_scoped_and_checked():
-    from mlca.attention import mlca as mlca_mod
+    from mlca.attention.mlca import get_export_formulation
 
     with export_formulation("dense"):
-        assert mlca_mod._export_formulation == "dense"
+        assert get_export_formulation() == "dense"
         with pytest.raises(ValueError, match="exact.*dense"):
             with export_formulation("fast"):
                 pass
-        assert mlca_mod._export_formulation == "dense"
-    assert mlca_mod._export_formulation == "exact"
+        assert get_export_formulation() == "dense"
+    assert get_export_formulation() == "exact"

@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 import _mlca_ref as ref
 from mlca.attention import create_attention
-from mlca.attention._native import native_available
+from mlca.attention.mlca.backends.c import native_available
 from mlca.attention.mlca import MLCA, eca_kernel_size, mlca_plain, mlca_plain_dense
 
 # The CPU kernels under test: PyTorch's, and the C extension's where it is built (CI checks that

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import _mlca_ref as ref
-import mlca.attention._native as native_mod
+import mlca.attention.mlca.backends.c as native_mod
 from mlca.attention.mlca import MLCA
 
 needs_native = pytest.mark.skipif(not native_mod.native_available(),
@@ -37,11 +37,9 @@ class _Count:
 
 @needs_native
 def test_auto_takes_the_c_kernels_exactly_where_they_apply(monkeypatch):
-    import mlca.attention._mlca_function as fn_mod
-
-    fwd, bwd = _Count(fn_mod.native_forward), _Count(fn_mod.native_backward)
-    monkeypatch.setattr(fn_mod, "native_forward", fwd)
-    monkeypatch.setattr(fn_mod, "native_backward", bwd)
+    fwd, bwd = _Count(native_mod.forward), _Count(native_mod.backward)
+    monkeypatch.setattr(native_mod, "forward", fwd)
+    monkeypatch.setattr(native_mod, "backward", bwd)
     m = MLCA(8)
     x = torch.randn(2, 8, 12, 12, requires_grad=True)
     m(x).sum().backward()
@@ -85,7 +83,7 @@ def test_forced_c_backend_without_the_extension_says_how_to_get_it(monkeypatch):
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("shape", [(4, 64, 40, 40), (2, 400, 13, 17), (1, 3, 2, 6)])
 def test_results_do_not_depend_on_the_thread_count(shape, channels_last):
-    """Every reduction runs per plane or per batch in a fixed order (claimed in _mlca_c.c)."""
+    """Every reduction runs per plane or per batch in a fixed order (claimed in backends/c/_mlca_c.c)."""
     m = MLCA(shape[1], backend="c")
     ref.random_weights(m, torch.Generator().manual_seed(0))
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -128,9 +126,11 @@ def test_empty_batch_and_non_contiguous_gradient():
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", [(2, 8, 20, 20), (2, 5, 13, 11), (1, 3, 7, 33), (1, 3, 7, 36)])
-def test_streamed_outputs_are_the_same_bits(monkeypatch, dtype, shape, channels_last):
-    """Non-temporal stores (outputs >= STREAM_MIN_BYTES) change how, not what, is written:
-    aligned and unaligned rows, vector body and scalar head/tail."""
+def test_streamed_outputs_are_the_same_bits(dtype, shape, channels_last):
+    """Non-temporal stores (outputs >= the streaming threshold) change how, not what, is
+    written: aligned and unaligned rows, vector body and scalar head/tail."""
+    from mlca.attention.mlca.function import mlca_function
+
     m = MLCA(shape[1], backend="c").to(dtype)
     ref.random_weights(m, torch.Generator().manual_seed(3))
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -139,10 +139,11 @@ def test_streamed_outputs_are_the_same_bits(monkeypatch, dtype, shape, channels_
     x, g = x.contiguous(memory_format=fmt), g.contiguous(memory_format=fmt)
     runs = []
     for min_bytes in (2**62, 0):
-        monkeypatch.setattr(native_mod, "STREAM_MIN_BYTES", min_bytes)
+        backend = native_mod.configured(stream_min_bytes=min_bytes)
         xx = x.clone().requires_grad_(True)
         m.zero_grad()
-        y = m(xx)
+        y = mlca_function(xx, m.conv.weight, m.conv_local.weight, m.local_size, m.local_weight,
+                          backend)
         y.backward(g)
         runs.append((y, xx.grad, m.conv.weight.grad.clone(), m.conv_local.weight.grad.clone()))
     assert all(torch.equal(a, b) for a, b in zip(*runs))

@@ -1,4 +1,4 @@
-"""The fused Triton MLCA path (issue 7) against a float64 reference written from the definition.
+"""The fused Triton MLCA path (backend "triton") against a float64 reference written from the definition.
 
 Most tests run the kernels on CPU tensors through Triton's interpreter, so they need no GPU.
 The ``test_cuda_*`` tests run the compiled kernels on a CUDA device with the same float64
@@ -6,7 +6,7 @@ reference (computed on the CPU) and are skipped where there is none.
 
 How TRITON_INTERPRET is scoped: an autouse fixture sets it with ``monkeypatch.setenv`` for each
 test of this file only and restores it afterwards, so other test files sharing the pytest-xdist
-worker never see it. That is enough because ``mlca_triton`` reads the variable at call time and
+worker never see it. That is enough because the backend reads the variable at call time and
 wraps its kernels per call (``InterpretedFunction`` vs ``JITFunction``, cached separately);
 nothing is decided when triton or mlca is imported, so import order does not matter. Shapes are
 tiny because the interpreter runs each program in Python.
@@ -26,7 +26,10 @@ from hypothesis import strategies as st
 
 pytest.importorskip("triton")
 
-from mlca.attention import mlca_triton as mt  # noqa: E402
+from mlca.attention.mlca.backends import triton as tb  # noqa: E402
+from mlca.attention.mlca.backends.triton import kernels as tk  # noqa: E402
+from mlca.attention.mlca.backends.triton import launch as mt  # noqa: E402
+from mlca.attention.mlca.backends.triton.settings import DEFAULT_SETTINGS, TritonSettings  # noqa: E402
 
 pytestmark = pytest.mark.triton
 
@@ -95,9 +98,9 @@ def _reference_grads(x, wg, wl, L, lw, g):
     return (out.detach(), *torch.autograd.grad(out, (xd, wgd, wld), g.double()))
 
 
-def _run(x, wg, wl, L, lw, g, block_sizes=None):
+def _run(x, wg, wl, L, lw, g, block_sizes=None, settings=None):
     x, wg, wl = (t.detach().requires_grad_() for t in (x, wg, wl))
-    out = mt.mlca_triton(x, wg, wl, L, lw, block_sizes=block_sizes)
+    out = tb.mlca_triton(x, wg, wl, L, lw, block_sizes=block_sizes, settings=settings)
     return (out.detach(), *torch.autograd.grad(out, (x, wg, wl), g))
 
 
@@ -166,7 +169,7 @@ def test_float32_matches_reference(B, C, H, W, L, k, cl, blocks):
     got = _run(x, wg, wl, L, 0.3, g, blocks)
     _assert_matches(got, _reference_grads(x, wg, wl, L, 0.3, g), rtol=2e-5, atol=2e-6)
     with torch.no_grad():  # inference skips the autograd node: the same kernels, the same bits
-        assert torch.equal(mt.mlca_triton(x, wg, wl, L, 0.3, block_sizes=blocks), got[0])
+        assert torch.equal(tb.mlca_triton(x, wg, wl, L, 0.3, block_sizes=blocks), got[0])
     # Same memory format out as in, for the output and for the input gradient.
     fmt = torch.channels_last if cl else torch.contiguous_format
     assert got[0].is_contiguous(memory_format=fmt) and got[1].is_contiguous(memory_format=fmt)
@@ -248,16 +251,29 @@ def test_fused_middle_matches_reference(B, C, L, H, W, kg, kl, lw, cl, seed):
 
 @pytest.mark.parametrize("algo,cols,fused", [("rows", False, False), ("rows", True, True),
                                              ("flat", False, True)])
-def test_other_kernel_variants_match_reference(monkeypatch, algo, cols, fused):
+def test_other_kernel_variants_match_reference(algo, cols, fused):
     """The variants the benchmark compares: NCHW scale with W-upsampled maps, flat kernels, the
     PyTorch middle instead of the fused one."""
-    monkeypatch.setattr(mt, "ALGO", algo)
-    monkeypatch.setattr(mt, "NCHW_COLS", cols)
-    monkeypatch.setattr(mt, "FUSED_MIDDLE", fused)
+    settings = TritonSettings(algo=algo, nchw_cols=cols, fused_middle=fused)
     for B, C, H, W, L, k, cl, blocks in (CASES[0], CASES[2], CASES[8]):
         x, wg, wl, g = _inputs(B, C, H, W, k, channels_last=cl, seed=9)
-        got = _run(x, wg, wl, L, 0.3, g, blocks)
+        got = _run(x, wg, wl, L, 0.3, g, blocks, settings)
         _assert_matches(got, _reference_grads(x, wg, wl, L, 0.3, g), rtol=2e-5, atol=2e-6)
+
+
+def test_settings_are_immutable_copies_with_clear_errors():
+    """Variants are new objects: the defaults MLCA runs with never change under a benchmark."""
+    flat = DEFAULT_SETTINGS.replace(algo="flat")
+    assert flat.algo == "flat" and DEFAULT_SETTINGS.algo == "rows"
+    tiled = DEFAULT_SETTINGS.with_tile("scale_nchw", (2, 128, 4, 4))
+    assert tiled.tuning["scale_nchw"] == (2, 128, 4, 4)
+    assert DEFAULT_SETTINGS.tuning["scale_nchw"] == (4, 256, 8, 4)
+    with pytest.raises(TypeError):
+        DEFAULT_SETTINGS.tuning["scale_nchw"] = (1, 1, 1, 1)  # read-only mapping
+    with pytest.raises(ValueError, match="algo.*rows.*flat"):
+        TritonSettings(algo="tiles")
+    with pytest.raises(ValueError, match="unknown tile"):
+        DEFAULT_SETTINGS.with_tile("scale_nhwc", (1, 1, 1, 1))
 
 
 def test_gradient_with_other_strides_than_x():
@@ -276,11 +292,11 @@ def test_only_some_inputs_need_grad():
     x, wg, wl, g = _inputs(1, 4, 5, 6, 3, seed=5)
     want = _reference_grads(x, wg, wl, 3, 0.5, g)
     wl_ = wl.detach().requires_grad_()
-    out = mt.mlca_triton(x, wg, wl_, 3, 0.5)
+    out = tb.mlca_triton(x, wg, wl_, 3, 0.5)
     (gwl,) = torch.autograd.grad(out, (wl_,), g)
     torch.testing.assert_close(gwl.double(), want[3], rtol=1e-5, atol=1e-6)
     x_ = x.detach().requires_grad_()
-    out = mt.mlca_triton(x_, wg, wl, 3, 0.5)
+    out = tb.mlca_triton(x_, wg, wl, 3, 0.5)
     (gx,) = torch.autograd.grad(out, (x_,), g)
     torch.testing.assert_close(gx.double(), want[1], rtol=2e-5, atol=2e-6)
 
@@ -312,29 +328,29 @@ def test_non_finite_stays_in_its_bins():
 
 def test_empty_batch():
     x = torch.randn(0, 4, 5, 5)
-    out = mt.mlca_triton(x, torch.randn(1, 1, 3), torch.randn(1, 1, 3), 3, 0.5)
+    out = tb.mlca_triton(x, torch.randn(1, 1, 3), torch.randn(1, 1, 3), 3, 0.5)
     assert out.shape == x.shape
 
 
 def test_bad_inputs_have_clear_errors(monkeypatch):
     w = torch.randn(1, 1, 3)
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
-        mt.mlca_triton(torch.randn(2, 3, 4), w, w, 3, 0.5)
+        tb.mlca_triton(torch.randn(2, 3, 4), w, w, 3, 0.5)
     with pytest.raises(TypeError, match="float64"):
-        mt.mlca_triton(torch.randn(1, 2, 4, 4, dtype=torch.float64), w, w, 3, 0.5)
+        tb.mlca_triton(torch.randn(1, 2, 4, 4, dtype=torch.float64), w, w, 3, 0.5)
     with pytest.raises(ValueError, match="odd k"):
-        mt.mlca_triton(torch.randn(1, 2, 4, 4), torch.randn(1, 1, 2), w, 3, 0.5)
+        tb.mlca_triton(torch.randn(1, 2, 4, 4), torch.randn(1, 1, 2), w, 3, 0.5)
     with pytest.raises(ValueError, match="local_size"):
-        mt.mlca_triton(torch.randn(1, 2, 4, 4), w, w, 0, 0.5)
+        tb.mlca_triton(torch.randn(1, 2, 4, 4), w, w, 0, 0.5)
     monkeypatch.delenv("TRITON_INTERPRET")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
-        mt.mlca_triton(torch.randn(1, 2, 4, 4), w, w, 3, 0.5)
+        tb.mlca_triton(torch.randn(1, 2, 4, 4), w, w, 3, 0.5)
 
 
 def test_triton_available_follows_the_environment(monkeypatch):
-    assert mt.triton_available()  # interpreter requested by the fixture
+    assert tb.triton_available()  # interpreter requested by the fixture
     monkeypatch.delenv("TRITON_INTERPRET")
-    assert mt.triton_available() == torch.cuda.is_available()
+    assert tb.triton_available() == torch.cuda.is_available()
 
 
 def test_mlca_module_triton_backend_matches_torch_backend():
@@ -373,12 +389,12 @@ def _on(device: str, monkeypatch, *tensors):
 @pytest.mark.parametrize("cl", [False, True])
 def test_custom_ops_with_triton_kernels_agree_with_their_fakes(monkeypatch, cl, device):
     """torch.library.opcheck of the custom ops torch.compile calls, with the Triton kernels."""
-    from mlca.attention import _mlca_op  # noqa: F401  (registers the ops)
+    from mlca.attention.mlca import op  # noqa: F401  (registers the ops)
 
     x, wg, wl, g = _on(device, monkeypatch, *_inputs(2, 6, 7, 9, 3, channels_last=cl, seed=13))
-    torch.library.opcheck(torch.ops.mlca.mlca_fwd.default, (x, wg, wl, 3, 0.5, False, True))
-    out, local = torch.ops.mlca.mlca_fwd(x, wg, wl, 3, 0.5, False, True)
-    torch.library.opcheck(torch.ops.mlca.mlca_bwd.default, (g, x, local, wg, wl, 3, 0.5, False, True))
+    torch.library.opcheck(torch.ops.mlca.mlca_fwd.default, (x, wg, wl, 3, 0.5, "triton"))
+    out, local = torch.ops.mlca.mlca_fwd(x, wg, wl, 3, 0.5, "triton")
+    torch.library.opcheck(torch.ops.mlca.mlca_bwd.default, (g, x, local, wg, wl, 3, 0.5, "triton"))
 
 
 @pytest.mark.parametrize("device", _DEVICES)
@@ -392,9 +408,9 @@ def test_compile_runs_the_triton_kernels_in_one_graph(monkeypatch, device):
 
     _on(device, monkeypatch)
     calls = []
-    for name in ("triton_forward_core", "triton_backward_core"):
-        real = getattr(mt, name)
-        monkeypatch.setattr(mt, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+    for name in ("forward", "backward"):
+        real = getattr(tb, name)
+        monkeypatch.setattr(tb, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
     torch._dynamo.reset()
     counters.clear()
     m = MLCA(8, local_size=3, backend="triton").to(device)
@@ -407,7 +423,7 @@ def test_compile_runs_the_triton_kernels_in_one_graph(monkeypatch, device):
         got = [t.cpu() for t in (out.detach(), *torch.autograd.grad(out, (x, wg, wl), g))]
         want = _reference_grads(x.cpu(), wg.cpu(), wl.cpu(), 3, m.local_weight, g.cpu())
         _assert_matches(got, want, rtol=2e-5, atol=2e-6)
-    assert calls.count("triton_forward_core") == 3 and calls.count("triton_backward_core") == 3
+    assert calls.count("forward") == 3 and calls.count("backward") == 3
     assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
     assert not counters["graph_break"], dict(counters["graph_break"])
 
@@ -471,7 +487,7 @@ def _signature(kernel: str, dtype: str, constexprs: dict) -> dict:
     import inspect
 
     sig = {}
-    for name in inspect.signature(getattr(mt, kernel)).parameters:
+    for name in inspect.signature(getattr(tk, kernel)).parameters:
         if name in constexprs:
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
@@ -509,7 +525,7 @@ def test_kernels_compile_for_a_gpu_without_one(kernel, dtype, constexprs):
     from triton.compiler import ASTSource
     from triton.runtime.jit import JITFunction
 
-    src = ASTSource(fn=JITFunction(getattr(mt, kernel)), signature=_signature(kernel, dtype, constexprs),
+    src = ASTSource(fn=JITFunction(getattr(tk, kernel)), signature=_signature(kernel, dtype, constexprs),
                     constexprs=constexprs)
     compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32))
     assert compiled.asm["cubin"]  # a loadable binary came out of ptxas
@@ -528,10 +544,10 @@ def test_middle_kernel_does_not_spill_at_the_tiles_mlca_picks(monkeypatch, capsy
     from triton.compiler import ASTSource
     from triton.runtime.jit import JITFunction
 
-    bc, llp, _, warps = mt._middle_tile(C, L, mt.MIDDLE_TILE[direction])
+    bc, llp, _, warps = mt._middle_tile(C, L, DEFAULT_SETTINGS.middle_tile[direction])
     constexprs = dict(MODE=int(direction == "backward"), GRAD_X=direction == "backward", KG=k, KL=k,
                       BLOCK_C=bc, LLP=llp)
-    src = ASTSource(fn=JITFunction(mt._triton_middle), constexprs=constexprs,
+    src = ASTSource(fn=JITFunction(tk._triton_middle), constexprs=constexprs,
                     signature=_signature("_triton_middle", "fp32", constexprs))
     monkeypatch.setattr(triton.knobs.nvidia, "dump_ptxas_log", True)
     monkeypatch.setattr(triton.knobs.compilation, "always_compile", True)  # a cache hit runs no ptxas
@@ -572,14 +588,12 @@ CUDA_CASES = [
 def test_cuda_compiled_kernels_match_reference(monkeypatch, algo, cols, fused, B, C, H, W, L, k, cl, dtype,
                                                tol):
     monkeypatch.delenv("TRITON_INTERPRET")
-    monkeypatch.setattr(mt, "ALGO", algo)
-    monkeypatch.setattr(mt, "NCHW_COLS", cols)
-    monkeypatch.setattr(mt, "FUSED_MIDDLE", fused)
+    settings = TritonSettings(algo=algo, nchw_cols=cols, fused_middle=fused)
     x, wg, wl, g = _inputs(B, C, H, W, k, dtype=dtype, channels_last=cl, seed=B * C + H + W)
     dev = torch.device("cuda")
     # Poison the allocator's free blocks so an unwritten output element cannot pass as zero.
     torch.empty(4 * x.numel(), device=dev).fill_(float("nan"))
-    got = _run(x.to(dev), wg.to(dev), wl.to(dev), L, 0.3, g.to(dev))
+    got = _run(x.to(dev), wg.to(dev), wl.to(dev), L, 0.3, g.to(dev), settings=settings)
     assert all(t.is_cuda for t in got)
     wrtol = 1e-5 if dtype == torch.float32 else 1e-4
     _assert_matches([t.cpu() for t in got], _reference_grads(x, wg, wl, L, 0.3, g),
@@ -617,7 +631,7 @@ def test_cuda_graph_capture_replays_the_triton_path(monkeypatch):
     wl.requires_grad_()
 
     def step():
-        out = mt.mlca_triton(x, wg, wl, 5, 0.3)
+        out = tb.mlca_triton(x, wg, wl, 5, 0.3)
         return (out.detach(), *torch.autograd.grad(out, (x, wg, wl), g))
 
     side = torch.cuda.Stream()
@@ -655,17 +669,17 @@ def test_cuda_second_device_while_the_first_is_current(monkeypatch):
 
 @_needs_cuda
 def test_cuda_auto_backend_takes_the_triton_path(monkeypatch):
-    """MLCA(backend='auto') on a CUDA float tensor runs mlca_triton and agrees with 'torch'."""
+    """MLCA(backend='auto') on a CUDA float tensor runs the Triton kernels and agrees with 'torch'."""
     monkeypatch.delenv("TRITON_INTERPRET")
     mlca_mod = pytest.importorskip("mlca.attention.mlca")
     calls = []
-    real = mt.mlca_triton
+    real = tb.forward
 
     def spy(*args, **kwargs):
         calls.append(args[0].shape)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(mt, "mlca_triton", spy)
+    monkeypatch.setattr(tb, "forward", spy)
     torch.manual_seed(8)
     auto = mlca_mod.MLCA(64, backend="auto").cuda()
     ref = mlca_mod.MLCA(64, backend="torch").cuda()

@@ -1,7 +1,9 @@
-"""MLCA's fused CPU kernels (the optional C extension ``_mlca_c``): when they apply, and the calls.
+"""MLCA's fused CPU kernels (backend "c"): the loader of the optional C extension, when its
+kernels apply, and the calls.
 
-The extension is built by ``pip install`` where a C compiler is present (``setup.py``); without
-it everything runs on the PyTorch kernels of ``_mlca_function.py``. It covers contiguous
+The sources are in this folder (``_mlca_c.c``, ``_mlca_c_kernels.h``); the extension module is
+``mlca.attention._mlca_c``, built by ``pip install`` where a C compiler is present
+(``setup.py``); without it everything runs on the PyTorch kernels (``..torch``). It covers contiguous
 NCHW and channels_last float32/float64 CPU tensors -- every size, local_size and channel count
 (channels_last through NHWC variants of the kernels, output in the input's layout) -- and computes
 the same function as the PyTorch path (same adaptive-pooling bins, sums over bin members only,
@@ -15,20 +17,24 @@ tensors, parallel over planes on PyTorch's thread count.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
 try:  # imported after torch: the extension's OpenMP runtime is the one torch loaded
-    from . import _mlca_c
+    from mlca.attention import _mlca_c
 except ImportError:  # not built (no compiler at install time): the PyTorch kernels run instead
     _mlca_c = None
 
 __all__ = [
-    "native_available", "native_unsupported", "dispatch_mode_active", "native_forward",
-    "native_backward",
+    "NAME", "ONCE_DIFFERENTIABLE", "STREAM_MIN_BYTES", "native_available", "unsupported", "forward",
+    "backward", "configured",
 ]
+
+NAME = "c"
+ONCE_DIFFERENTIABLE = False
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -37,7 +43,8 @@ _DTYPES = (torch.float32, torch.float64)
 # MLCA's YOLO shapes took 1.2-1.5x as long without streaming, and a 1x1 conv reading the output
 # right after was not slower with it, even at 0.4 MB (measure yours: bench_mlca.py --stream-ab).
 # Below this size the output may well stay in a larger cache for the next layer, so it is written
-# normally. Set to 0 to always stream, to a huge value to never.
+# normally. The default of ``forward``/``backward``'s ``stream_min_bytes``; ``configured(0)`` is
+# the backend that always streams, ``configured(2**62)`` the one that never does.
 STREAM_MIN_BYTES = 4 << 20
 
 
@@ -49,18 +56,12 @@ def native_available() -> bool:
 _is_functorch_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", lambda t: False)
 
 
-def functorch_wrapped(*tensors: Tensor) -> bool:
-    """Whether any of ``tensors`` is wrapped by a torch.func transform (vmap, grad, jvp, ...)."""
-    return any(_is_functorch_wrapped(t) for t in tensors)
-
-
-def native_unsupported(x: Tensor, eager: bool = True) -> Optional[str]:
+def unsupported(x: Tensor, eager: bool = True) -> Optional[str]:
     """Why the C kernels cannot take ``x`` (a sentence), or None when they can.
 
     ``eager``: also refuse what only eager mode can meet: tensor subclasses and tensors wrapped by
     torch.func transforms. (Under torch.compile these checks are not traced; the custom op's
-    inputs are plain tensors.) Active ``TorchDispatchMode``s are the caller's business
-    (``dispatch_mode_active``).
+    inputs are plain tensors.) Active ``TorchDispatchMode``s are the dispatcher's business.
     """
     if _mlca_c is None:
         return ("the C extension mlca.attention._mlca_c is not built "
@@ -87,13 +88,6 @@ def _nhwc(x: Tensor) -> bool:
     return not x.is_contiguous()
 
 
-def dispatch_mode_active() -> bool:
-    """True under a ``TorchDispatchMode`` (``FlopCounterMode``, ``attention_cost``'s counter, ...):
-    such a mode must see every op, and would see none of the C kernels', so MLCA runs its
-    PyTorch kernels then, even when the "c" backend is forced."""
-    return torch._C._len_torch_dispatch_stack() > 0
-
-
 def _flat(w: Tensor, dtype: torch.dtype) -> Tensor:
     """A conv weight (1, 1, k) as k contiguous values of ``dtype``: w itself when it already is
     (only its data pointer is read), else a converted copy."""
@@ -102,11 +96,13 @@ def _flat(w: Tensor, dtype: torch.dtype) -> Tensor:
     return w
 
 
-def native_forward(
-    x: Tensor, w_global: Tensor, w_local: Tensor, ls: int, lw: float
+def forward(
+    x: Tensor, w_global: Tensor, w_local: Tensor, ls: int, lw: float,
+    stream_min_bytes: int = STREAM_MIN_BYTES,
 ) -> Tuple[Tensor, Tensor]:
     """x (B, C, H, W) float32/64 on the CPU, NCHW or channels_last -> (out (B, C, H, W) in x's
-    layout, local (B, C, ls, ls))."""
+    layout, local (B, C, ls, ls)). Outputs of ``stream_min_bytes`` or more are written with
+    non-temporal stores."""
     b, c, h, w = x.shape
     if x.numel() == 0:
         return torch.empty_like(x), torch.zeros(b, c, ls, ls, dtype=x.dtype)
@@ -115,15 +111,16 @@ def native_forward(
     local = torch.empty(b, c, ls, ls, dtype=x.dtype)
     _mlca_c.forward(x.dtype == torch.float64, x.data_ptr(), out.data_ptr(), local.data_ptr(),
                     wg.data_ptr(), wl.data_ptr(), b, c, h, w, ls, wg.numel(), lw,
-                    torch.get_num_threads(), out.nbytes >= STREAM_MIN_BYTES, _nhwc(x))
+                    torch.get_num_threads(), out.nbytes >= stream_min_bytes, _nhwc(x))
     return out, local
 
 
-def native_backward(
+def backward(
     g: Tensor, x: Tensor, local: Tensor, w_global: Tensor, w_local: Tensor, ls: int, lw: float,
-    needs: Tuple[bool, bool, bool] = (True, True, True),
+    needs: Tuple[bool, bool, bool] = (True, True, True), stream_min_bytes: int = STREAM_MIN_BYTES,
 ) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
-    """Grads of x, w_global, w_local (None where not needed) from g (B, C, H, W)."""
+    """Grads of x, w_global, w_local (None where not needed) from g (B, C, H, W); grad_x is
+    written with non-temporal stores when x has ``stream_min_bytes`` or more."""
     b, c, h, w = x.shape
     if x.numel() == 0:
         return (torch.zeros_like(x) if needs[0] else None,
@@ -140,7 +137,34 @@ def native_backward(
     _mlca_c.backward(x.dtype == torch.float64, g.data_ptr(), x.data_ptr(), local.data_ptr(),
                      wg.data_ptr(), wl.data_ptr(), lw, b, c, h, w, ls, k,
                      0 if gx is None else gx.data_ptr(), gwg.data_ptr(), gwl.data_ptr(),
-                     torch.get_num_threads(), x.nbytes >= STREAM_MIN_BYTES, nhwc)
+                     torch.get_num_threads(), x.nbytes >= stream_min_bytes, nhwc)
     g_wg = gwg.view(w_global.shape).to(w_global.dtype) if needs[1] else None
     g_wl = gwl.view(w_local.shape).to(w_local.dtype) if needs[2] else None
     return gx, g_wg, g_wl
+
+
+@dataclass(frozen=True)
+class _Configured:
+    """The C backend with another streaming threshold (same protocol as the module)."""
+
+    stream_min_bytes: int
+    NAME: str = NAME
+    ONCE_DIFFERENTIABLE: bool = ONCE_DIFFERENTIABLE
+
+    def unsupported(self, x: Tensor, eager: bool = True) -> Optional[str]:
+        return unsupported(x, eager)
+
+    def forward(self, x, w_global, w_local, ls, lw):
+        """As the module's ``forward``: x (B, C, H, W) -> (out, local (B, C, ls, ls))."""
+        return forward(x, w_global, w_local, ls, lw, self.stream_min_bytes)
+
+    def backward(self, g, x, local, w_global, w_local, ls, lw, needs=(True, True, True)):
+        """As the module's ``backward``: grads of x, w_global, w_local."""
+        return backward(g, x, local, w_global, w_local, ls, lw, needs, self.stream_min_bytes)
+
+
+def configured(stream_min_bytes: int) -> _Configured:
+    """The C backend writing outputs of ``stream_min_bytes`` or more with non-temporal stores
+    (0: always, a huge value: never), for ``function.mlca_function(..., backend=...)``: what
+    ``bench_mlca.py --stream-ab`` and the streaming test compare."""
+    return _Configured(int(stream_min_bytes))

@@ -1,4 +1,5 @@
-"""MLCA as one ``torch.autograd.Function`` with a hand-written, recomputing backward (eager mode).
+"""The PyTorch kernels of MLCA (backend "torch"): every device and dtype, a hand-written,
+recomputing backward.
 
 Why: autograd over the plain formulation keeps the H x W attention map (and the gathers that
 build it) alive until backward and then runs several full-size passes to differentiate through
@@ -9,7 +10,7 @@ Gradient, with ``P`` the pooling to ls x ls, ``U`` the adaptive "unpooling" back
 ``mix = f(P x)`` the small attention map and ``y = x * U(mix)``::
 
     dL/dmix   = U^T (g * x)                     (B, C, ls, ls)
-    dL/dlocal = f'(dL/dmix)                      sigmoid/conv1d chain, written out below
+    dL/dlocal = f'(dL/dmix)                      sigmoid/conv1d chain (``mix.mix_backward``)
     dL/dx     = g * U(mix) + P^T (dL/dlocal)     one fused pass
 
 When H and W are multiples of ls, ``P`` is a block mean and ``U`` a block repeat, so every big
@@ -17,26 +18,33 @@ step is one reduction or one broadcast over a "bin rows" view of x (``_Rows``: N
 channels_last both split into such a view without copying, and the output keeps x's memory
 format). Otherwise ``P`` and ``U`` are products with tiny dense averaging matrices
 (``_Dense``); if a product comes out non-finite (a NaN/Inf in x or g spreads over its plane
-through ``0 * nan``) the step is redone with the exact banded gathers of ``_pooling.py``, which
+through ``0 * nan``) the step is redone with the exact banded gathers of ``pooling.py``, which
 keep non-finite values in the bins that hold them, as adaptive pooling does.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from ._pooling import (
+from ..mix import mix_backward, mix_eager
+from ..pooling import (
     adaptive_mean, adaptive_mean_adjoint, bag_grow, bag_shrink, cached_bags, cached_bins,
     cached_full, cached_pool_matrix, matrix_grow, matrix_shrink,
 )
-from ._native import native_backward, native_forward
 
-__all__ = ["mlca_function"]
+__all__ = ["NAME", "ONCE_DIFFERENTIABLE", "unsupported", "forward", "backward"]
+
+NAME = "torch"
+ONCE_DIFFERENTIABLE = False
+
+
+def unsupported(x: Tensor, eager: bool = True) -> Optional[str]:
+    """None: the PyTorch kernels take every input MLCA accepts."""
+    return None
 
 
 class _Rows:
@@ -159,114 +167,13 @@ def _all_finite(t: Tensor) -> bool:
     return math.isfinite(float(t.sum()))
 
 
-# Up to this many elements (batch x padded length), a single-channel conv1d on the CPU is one
-# cheap oneDNN call; beyond it oneDNN switches to a path that costs far more than k shifted
-# multiply-adds (measured with torch 2.14: (1, 1, 14400) 22 us, (1, 1, 28800) 175 us).
-_CONV1D_MAX = 16384
-
-
-def _conv_same(x: Tensor, w: Tensor) -> Tensor:
-    """``conv1d_same(x, w)`` in the fewest ops: x (B, 1, L), w (1, 1, k) -> (B, 1, L).
-
-    CPU, small: one ``F.conv1d``; for B > 1 the B rows, each padded, laid end to end as one
-    sequence and convolved in one call without padding; row b's outputs start at b * (L + 2p)
-    (the window never crosses into the next row's values, only into its zero padding).
-    CPU, large: k scaled adds with the taps as Python numbers. Elsewhere: the shifted
-    multiply-adds of ``conv1d_same``.
-    """
-    if x.device.type != "cpu" or x.numel() == 0:
-        from .mlca import conv1d_same  # late import: mlca.py imports this module lazily too
-
-        return conv1d_same(x, w)
-    b, length, k = x.shape[0], x.shape[-1], w.shape[-1]
-    pad = (k - 1) // 2
-    span = length + 2 * pad
-    if b == 1 and span <= _CONV1D_MAX:
-        return torch.conv1d(x, w, None, 1, pad)
-    xp = F.pad(x, (pad, pad))
-    if b * span <= _CONV1D_MAX:
-        y = F.conv1d(xp.reshape(1, 1, b * span), w)  # (1, 1, b * span - 2 * pad)
-        return y.as_strided((b, 1, length), (span, span, 1))
-    taps = w.reshape(k).tolist()
-    y = xp[:, :, 0:length] * taps[0]
-    for j in range(1, k):
-        y.add_(xp[:, :, j:j + length], alpha=taps[j])
-    return y
-
-
-def _mix(
-    local: Tensor, wg: Tensor, wl: Tensor, lw: float
-) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``mlca_mix`` (steps 2-4) in fewer ops, for the eager kernels.
-
-    local: (B, C, ls, ls) -> (mix (B, C, ls, ls), s_global (B, 1, C), s_local (B, 1, ls*ls*C),
-    gvec (B, 1, C), seq (B, 1, ls*ls*C)), as ``mlca_mix``.
-    """
-    b, c, ls = local.shape[0], local.shape[1], local.shape[2]
-    bins = ls * ls
-    # mean of the bins as a matrix-vector product (a third of the reduction kernel's time here)
-    mean_vec = cached_full(bins, 1.0 / bins, local.device, local.dtype)
-    gvec = torch.mv(local.reshape(b * c, bins), mean_vec)
-    gvec = gvec.reshape(b, 1, c)
-    seq = local.reshape(b, c, bins).transpose(1, 2).reshape(b, 1, bins * c)  # bin-major
-    s_global = torch.sigmoid(_conv_same(gvec, wg))
-    s_local = torch.sigmoid(_conv_same(seq, wl))
-    # global * (1 - lw) + local * lw as one lerp, reading the bin-major local gates through a
-    # transposed view and writing the channel-major map (B, C, ls*ls) directly.
-    mix = torch.empty(b, c, bins, dtype=s_local.dtype, device=s_local.device)
-    torch.lerp(s_global.reshape(b, c, 1), s_local.reshape(b, bins, c).transpose(1, 2), lw,
-               out=mix)
-    return mix.reshape(b, c, ls, ls), s_global, s_local, gvec, seq
-
-
-def _conv1d_same_backward(x: Tensor, w: Tensor, g_y: Tensor, need_w: bool):
-    """Grads of ``conv1d_same(x, w)``: x (B, 1, L), w (1, 1, k), g_y (B, 1, L).
-
-    Input grad: the transposed conv, i.e. the same-padded correlation with the flipped kernel
-    (stride 1, odd k). Weight grad: ``g_w[j] = sum_{b,t} g_y[b, t] * x_pad[b, t + j]``.
-    """
-    g_x = _conv_same(g_y, w.flip(-1))
-    g_w = None
-    if need_w:
-        k = w.shape[-1]
-        pad = (k - 1) // 2
-        length = x.shape[-1]
-        # the k shifted windows of the padded input as rows of one (k, B*L) matrix: one
-        # matrix-vector product instead of k products and k sums
-        b = x.shape[0]
-        xp = F.pad(x, (pad, pad)).reshape(b, length + 2 * pad)
-        windows = xp.unfold(1, length, 1).transpose(0, 1).reshape(k, b * length)
-        g_w = torch.mv(windows, g_y.reshape(b * length)).view(1, 1, k)
-    return g_x, g_w
-
-
-def _mix_backward(
-    g_mix: Tensor, s_global: Tensor, s_local: Tensor, gvec: Tensor, seq: Tensor,
-    wg: Tensor, wl: Tensor, lw: float, need_w: Tuple[bool, bool],
-) -> Tuple[Tensor, Tensor | None, Tensor | None]:
-    """Backward of ``mlca_mix``: (B, C, ls, ls) grad of mix -> grads of local, w_global, w_local."""
-    b, c, ls = g_mix.shape[0], g_mix.shape[1], g_mix.shape[2]
-    # mix = s_global * (1 - lw) + s_local * lw, s_global broadcast over the ls*ls bins.
-    g_sl = (g_mix * lw).reshape(b, c, ls * ls).transpose(1, 2).reshape(b, 1, ls * ls * c)
-    g_yl = g_sl * s_local * (1.0 - s_local)
-    g_yg = (g_mix.sum(dim=(2, 3)) * (1.0 - lw)).reshape(b, 1, c) * s_global * (1.0 - s_global)
-    g_seq, g_wl = _conv1d_same_backward(seq, wl, g_yl, need_w[1])
-    g_gvec, g_wg = _conv1d_same_backward(gvec, wg, g_yg, need_w[0])
-    g_local = g_seq.reshape(b, ls * ls, c).transpose(1, 2).reshape(b, c, ls, ls)
-    g_local = g_local + g_gvec.reshape(b, c, 1, 1) / (ls * ls)  # gvec = mean of the ls*ls bins
-    return g_local, g_wg, g_wl
-
-
-def mlca_forward_core(
-    x: Tensor, w_global: Tensor, w_local: Tensor, ls: int, lw: float, native: bool = False
+def forward(
+    x: Tensor, w_global: Tensor, w_local: Tensor, ls: int, lw: float
 ) -> Tuple[Tensor, Tensor]:
     """Forward without autograd: x (B, C, H, W) -> (out (B, C, H, W), local (B, C, ls, ls)).
 
     ``local`` (the pooled map, float32/float64) is all the backward needs besides x.
-    ``native``: run the C kernels (``_native.py``; the caller checked that they take x).
     """
-    if native:
-        return native_forward(x, w_global, w_local, ls, lw)
     h, w = x.shape[2], x.shape[3]
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
     wg, wl = w_global.to(cdt), w_local.to(cdt)
@@ -282,7 +189,7 @@ def mlca_forward_core(
             dense = None
             local = adaptive_mean(adaptive_mean(x.to(cdt), 2, ls, cached_bins(h, ls, x.device)),
                                   3, ls, cached_bins(w, ls, x.device))
-    mix = _mix(local, wg, wl, lw)[0]
+    mix = mix_eager(local, wg, wl, lw)[0]
     mixx = mix.to(x.dtype)
     out = torch.empty_like(x)  # keeps x's memory format (channels_last in -> out)
     if frame is not None:
@@ -296,23 +203,20 @@ def mlca_forward_core(
     return out, local
 
 
-def mlca_backward_core(
+def backward(
     g: Tensor, x: Tensor, local: Tensor, w_global: Tensor, w_local: Tensor, ls: int, lw: float,
-    needs: Tuple[bool, bool, bool] = (True, True, True), native: bool = False,
+    needs: Tuple[bool, bool, bool] = (True, True, True),
 ) -> Tuple[Tensor | None, Tensor | None, Tensor | None]:
     """Backward without autograd: grads of x, w_global, w_local (None where not needed).
 
-    Recomputes the small map from ``local`` and the H x W attention on the fly; ``native``:
-    with the C kernels (the forward's choice).
+    Recomputes the small map from ``local`` and the H x W attention on the fly.
     """
-    if native:
-        return native_backward(g, x, local, w_global, w_local, ls, lw, needs)
     need_x, need_wg, need_wl = needs
     h, w = x.shape[2], x.shape[3]
     cdt = local.dtype
     dev = x.device
     wg, wl = w_global.to(cdt), w_local.to(cdt)
-    mix, s_global, s_local, gvec, seq = _mix(local, wg, wl, lw)
+    mix, s_global, s_local, gvec, seq = mix_eager(local, wg, wl, lw)
     mixx = mix.to(x.dtype)
     frame = _Rows(x, ls) if h % ls == 0 and w % ls == 0 else None
 
@@ -343,7 +247,7 @@ def mlca_backward_core(
         g_mix = adaptive_mean_adjoint(
             g_mix, 3, ls, cached_bins(w, ls, dev), cached_bins(ls, w, dev)[2])
 
-    g_local, g_wg, g_wl = _mix_backward(
+    g_local, g_wg, g_wl = mix_backward(
         g_mix, s_global, s_local, gvec, seq, wg, wl, lw, (need_wg, need_wl))
 
     if not need_x:
@@ -372,30 +276,3 @@ def mlca_backward_core(
     if g_wl is not None:
         g_wl = g_wl.to(w_local.dtype)
     return grad_x, g_wg, g_wl
-
-
-class _MLCAFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, w_global: Tensor, w_local: Tensor, ls: int, lw: float,
-                native: bool) -> Tensor:
-        out, local = mlca_forward_core(x, w_global, w_local, ls, lw, native)
-        ctx.save_for_backward(x, local, w_global, w_local)
-        ctx.ls, ctx.lw, ctx.native = ls, lw, native
-        return out
-
-    @staticmethod
-    def backward(ctx, g: Tensor):
-        x, local, w_global, w_local = ctx.saved_tensors
-        grads = mlca_backward_core(g, x, local, w_global, w_local, ctx.ls, ctx.lw,
-                                   tuple(ctx.needs_input_grad[:3]), ctx.native)
-        return (*grads, None, None, None)
-
-
-def mlca_function(
-    x: Tensor, w_global: Tensor, w_local: Tensor, local_size: int, local_weight: float,
-    native: bool = False,
-) -> Tensor:
-    """MLCA forward with the recomputing backward. x: (B, C, H, W) -> (B, C, H, W).
-
-    ``native``: the C kernels (``_native.py``) instead of the PyTorch ones, both directions."""
-    return _MLCAFunction.apply(x, w_global, w_local, local_size, local_weight, native)
