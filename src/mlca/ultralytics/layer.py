@@ -138,6 +138,8 @@ class AttentionLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W) -> (B, C, H, W); C is fixed by the first call."""
+        if self.attn is not None and torch.jit.is_tracing():
+            return self.attn(x)  # a traced graph has one C; a Python check would only warn
         if not isinstance(x, torch.Tensor):
             raise TypeError(
                 f"{self._where()} takes one input tensor; its 'from' must name a single layer, "
