@@ -102,8 +102,6 @@ class AnchorFreeLoss:
 
     def __call__(self, raw: list[Tensor], targets: Tensor) -> tuple[Tensor, Tensor]:
         """raw: nl x (B, 4R + nc, h, w); targets: (T, 6). Returns (scalar, (3,))."""
-        from mlca.models.head_decoupled import anchor_points, distances_to_boxes, expected_distance
-
         no = 4 * self.reg_max + self.nc
         if len(raw) != len(self.strides):
             raise ValueError(f"AnchorFreeLoss expects {len(self.strides)} output levels, got {len(raw)}")
@@ -121,20 +119,36 @@ class AnchorFreeLoss:
                 raise ValueError(f"target image indices must be in [0, {bs}), got up to {img.max():g}")
         # float32 at least, even under autocast (BCE and CIoU are unstable in fp16); float64 stays
         dtype = raw[0].dtype if raw[0].dtype == torch.float64 else torch.float32
+        raw = [p.to(dtype) for p in raw]
+        return self.from_assignment(raw, self.assign(raw, targets))
+
+    def _flat(self, raw: list[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """-> x (B, N, 4R + nc), predicted boxes (B, N, 4) xyxy in strides, points (N, 2) in strides, stride (N, 1)."""
+        from mlca.models.head_decoupled import anchor_points, distances_to_boxes, expected_distance
+
         shapes = [(p.shape[2], p.shape[3]) for p in raw]
-        x = torch.cat([p.to(dtype).flatten(2) for p in raw], 2).transpose(1, 2)  # (B, N, 4R + nc)
-        box_logits, cls_logits = x[..., : 4 * self.reg_max], x[..., 4 * self.reg_max:]
+        x = torch.cat([p.flatten(2) for p in raw], 2).transpose(1, 2)
         points, stride = anchor_points(shapes, self.strides, x)
-        # boxes in units of each prediction's stride, around points in the same units
-        pts_s = points / stride
-        pred_ltrb = expected_distance(box_logits, self.reg_max)  # (B, N, 4)
-        pred_boxes = distances_to_boxes(pts_s, pred_ltrb)
-        h, w = shapes[0][0] * self.strides[0], shapes[0][1] * self.strides[0]
-        scale = torch.tensor([w, h, w, h], dtype=dtype, device=x.device)
-        labels, gt_boxes, valid = targets_to_padded(targets.to(device=x.device, dtype=dtype), bs, scale)
-        a = task_aligned_assign(cls_logits.detach().sigmoid(), pred_boxes.detach() * stride, points,
-                                labels, gt_boxes, valid, topk=int(self.gains.tal_topk),
-                                alpha=self.gains.tal_alpha, beta=self.gains.tal_beta)
+        pts_s = points / stride  # each prediction in units of its own stride
+        pred = distances_to_boxes(pts_s, expected_distance(x[..., : 4 * self.reg_max], self.reg_max))
+        return x, pred, pts_s, stride
+
+    @torch.no_grad()
+    def assign(self, raw: list[Tensor], targets: Tensor):
+        """The task-aligned :class:`~mlca.engine.tal.Assignment` of ``targets`` to ``raw``'s predictions."""
+        x, pred, pts_s, stride = self._flat(raw)
+        h, w = raw[0].shape[2] * self.strides[0], raw[0].shape[3] * self.strides[0]
+        scale = torch.tensor([w, h, w, h], dtype=x.dtype, device=x.device)
+        labels, gt_boxes, valid = targets_to_padded(targets.to(device=x.device, dtype=x.dtype), x.shape[0], scale)
+        return task_aligned_assign(x[..., 4 * self.reg_max:].sigmoid(), pred * stride, pts_s * stride,
+                                   labels, gt_boxes, valid, topk=int(self.gains.tal_topk),
+                                   alpha=self.gains.tal_alpha, beta=self.gains.tal_beta)
+
+    def from_assignment(self, raw: list[Tensor], a) -> tuple[Tensor, Tensor]:
+        """The loss of ``raw`` for a given assignment ``a``: ``(scalar, (3,) [box, dfl, cls])``."""
+        x, pred_boxes, pts_s, stride = self._flat(raw)
+        bs = x.shape[0]
+        box_logits, cls_logits = x[..., : 4 * self.reg_max], x[..., 4 * self.reg_max:]
         tss = a.scores.sum().clamp(min=1)
         lcls = F.binary_cross_entropy_with_logits(cls_logits, a.scores, reduction="sum") / tss
         fg = a.fg
