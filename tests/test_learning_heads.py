@@ -19,7 +19,7 @@ from mlca.models import build_may
 
 SIZE = 96
 STEPS = 80
-MIN_MAP50 = 0.6
+MIN_MAP50 = 0.8
 
 
 def _images(n: int = 4, seed: int = 0) -> tuple[torch.Tensor, list[np.ndarray]]:
