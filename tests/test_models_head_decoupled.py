@@ -137,3 +137,14 @@ def test_dynamic_onnx_export_matches_pytorch(tmp_path):
         torch.testing.assert_close(out[..., :4], ref[..., :4], atol=1e-2, rtol=1e-4)
         torch.testing.assert_close(out[..., 4:], ref[..., 4:], atol=1e-4, rtol=0)
         assert len(non_max_suppression(out, 0.001)[0]) > 0
+
+
+def test_cam_and_bench_take_the_yolov8_head():
+    pytest.importorskip("pytorch_grad_cam")
+    from mlca.compare.cam import eigencam_maps
+    from mlca.deploy.bench import bench_may
+
+    maps = eigencam_maps(tiny("mlca"), torch.rand(2, 3, 64, 64))
+    assert maps.shape == (2, 64, 64) and float(maps.max()) > 0
+    rows = bench_may(["none"], [1], [64], ["eager"], reps=1, warmup=0, width=0.25, head="yolov8", log=lambda s: None)
+    assert len(rows) == 1
