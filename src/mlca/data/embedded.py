@@ -336,10 +336,9 @@ def render_image(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.n
 
 def _data_yaml(n_train: int, n_val: int, variant: str = "embedded") -> str:
     _, names, version, _, _ = _variant(variant)
-    title = "embedded" if variant == "embedded" else variant
     names = "\n".join(f"  {i}: {n}" for i, n in enumerate(names))
     return (
-        f"# mlca {title} dataset v{version} ({n_train} train / {n_val} val images); see docs/data.md\n"
+        f"# mlca {variant} dataset v{version} ({n_train} train / {n_val} val images); see docs/data.md\n"
         f"format: yolo\npath: .\ntrain: images/train\nval: images/val\nnames:\n{names}\n"
     )
 
