@@ -59,6 +59,7 @@ NON_DEFAULT = {
     "ema_tau": (["--ema-tau", "100"], 100.0),
     "amp": (["--amp", "bf16"], "bf16"),
     "sync_bn": (["--sync-bn"], True),
+    "head": (["--head", "yolov8"], "yolov8"),
     "hyp": (["--hyp", "obj=0.7", "--hyp", "mosaic=0"], {"obj": 0.7, "mosaic": 0}),
     "close_mosaic": (["--close-mosaic", "0"], 0),
     "autoanchor": (["--no-autoanchor"], False),
@@ -106,7 +107,10 @@ def test_help_shows_every_field_and_the_hyp_forms(capsys):
 def test_settings_defaults_are_the_previous_values():
     # the values the two DEFAULT_HYP dicts held, written out by hand
     assert LossGains().to_dict() == {"box": 0.05, "obj": 1.0, "cls": 0.5, "anchor_t": 4.0, "label_smoothing": 0.0,
-                                     "cls_pw": 1.0, "obj_pw": 1.0}
+                                     "cls_pw": 1.0, "obj_pw": 1.0,
+                                     # the anchor-free head's loss and assignment
+                                     "box_af": 7.5, "cls_af": 0.5, "dfl": 1.5, "tal_topk": 10.0,
+                                     "tal_alpha": 0.5, "tal_beta": 6.0}
     assert AugmentSettings().to_dict() == {"hsv_h": 0.0, "hsv_s": 0.5, "hsv_v": 0.3, "degrees": 0.0, "translate": 0.1,
                                            "scale": 0.5, "shear": 0.0, "fliplr": 0.5, "flipud": 0.0, "mosaic": 0.5,
                                            "min_size": 2.0, "min_visible": 0.2}
@@ -295,3 +299,32 @@ def test_kmeans_seeding_works_with_scipy_before_and_after_1_15(monkeypatch):
     new_anchors = kmean_anchors(wh, n=6, img_size=128, gen=20, seed=3)
     monkeypatch.setattr(vq, "kmeans", old_kmeans)
     np.testing.assert_array_equal(kmean_anchors(wh, n=6, img_size=128, gen=20, seed=3), new_anchors)
+
+
+# hyp.scratch-low of YOLOv5 6.1 and its train.py, as the MLCA paper's official code trains
+PAPER = {"optimizer": "sgd", "lr0": 0.01, "lrf": 0.01, "momentum": 0.937, "weight_decay": 5e-4,
+         "warmup_epochs": 3.0, "warmup_bias_lr": 0.1, "warmup_momentum": 0.8, "warmup_min_iters": 100,
+         "ema_tau": 2000.0, "close_mosaic": 0, "epochs": 300, "img_size": 640, "batch_size": 40,
+         "head": "yolov5", "hyp": {"mosaic": 1.0, "hsv_h": 0.015, "hsv_s": 0.7, "hsv_v": 0.4}}
+
+
+def test_paper_recipe_sets_exactly_its_values():
+    cfg = config_from_args(_parser().parse_args(["train", "--recipe", "paper"]))
+    defaults = T.TrainConfig()
+    changed = {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(defaults, f.name)}
+    # the recipe's values that equal mlca's defaults do not show as changes
+    assert changed == {k for k, v in PAPER.items() if getattr(defaults, k) != v}
+    for k, v in PAPER.items():
+        assert getattr(cfg, k) == v, k
+
+
+def test_explicit_options_win_over_the_recipe_even_when_they_equal_the_default():
+    cfg = config_from_args(_parser().parse_args(
+        ["train", "--recipe", "paper", "--lr0", "0.02", "--optimizer", "adamw", "--hyp", "mosaic=0.5"]))
+    assert cfg.lr0 == 0.02 and cfg.optimizer == "adamw"  # adamw is mlca's default, given explicitly
+    assert cfg.hyp == {**PAPER["hyp"], "mosaic": 0.5} and cfg.epochs == 300 and cfg.batch_size == 40
+    # order on the command line does not matter
+    cfg2 = config_from_args(_parser().parse_args(["train", "--epochs", "5", "--recipe", "paper"]))
+    assert cfg2.epochs == 5 and cfg2.img_size == 640
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["train", "--recipe", "nope"])

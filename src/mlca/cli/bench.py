@@ -29,6 +29,8 @@ def add_parser(subparsers, name: str = "bench", help: str | None = None) -> argp
     p.add_argument("--clock", choices=("wall", "process"), default="wall",
                    help="process: CPU time of this process with 1 thread (robust on a shared, loaded machine)")
     p.add_argument("--width", type=float, default=1.0, help="MAY width multiplier")
+    p.add_argument("--head", choices=("yolov5", "yolov8"), default="yolov5",
+                   help="detection head: yolov5 = the paper's anchor-based head, yolov8 = anchor-free decoupled")
     p.add_argument("--baseline", default="eca", help="attention the eager column is compared with")
     p.add_argument("--quick", action="store_true",
                    help="none, eca, mlca at 320 and batch 1, 5 repetitions (a minute or two)")
@@ -54,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         results = bench_may(
             attentions, batches, sizes, [b.strip() for b in args.backends.split(",") if b.strip()],
             reps=reps, warmup=args.warmup, width=args.width, threads=args.threads, clock=args.clock,
+            head=args.head,
             log=lambda s: print(s, file=sys.stderr),
         )
     except (KeyError, ValueError) as e:

@@ -158,17 +158,17 @@ def load_dataset_config(spec: str | Path | DatasetConfig) -> DatasetConfig:
     Args:
         spec: a YAML path (a YOLOv5 data YAML works as-is), the name of a config shipped in
             ``mlca/configs`` (e.g. ``"voc"``), ``"embedded"`` for the built-in synthetic set
-            (generated on first use), or an already loaded :class:`DatasetConfig`.
+            (generated on first use), ``"embedded-dense"`` for its aerial-like variant, or an already loaded :class:`DatasetConfig`.
 
     Raises:
         DataError: the file is missing, is not valid YAML (with the line), or lacks a key.
     """
     if isinstance(spec, DatasetConfig):
         return spec
-    if str(spec) == "embedded":
+    if str(spec) in ("embedded", "embedded-dense"):
         from .embedded import embedded_config
 
-        return embedded_config()
+        return embedded_config(variant=str(spec))
     path, yaml_dir = _find(spec)
     try:
         data = yaml.safe_load(path.read_text())

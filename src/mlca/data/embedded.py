@@ -19,6 +19,10 @@ texture: channel attention) and *where* (shape, context: spatial attention):
 Images are 240-320 px per side (non-square, to exercise the letterbox), JPEG quality 90,
 written in the YOLO layout (``images/{train,val}``, ``labels/{train,val}``, ``data.yaml``).
 
+A second set, ``embedded-dense`` (:mod:`mlca.data.embedded_dense`), looks like aerial imagery:
+many small, dense objects of two classes on textured ground. Both are written by the code below;
+a *variant* names the set (its renderer, class names, version and default size).
+
 Generation is deterministic: image ``i`` of a split is drawn from its own NumPy generator
 seeded with ``(seed, split, i)``, so a smaller set is a prefix of the full one. It is written
 into a temporary folder and renamed into place with a completion marker, so two processes
@@ -75,10 +79,23 @@ def embedded_home() -> Path:
     return Path(home).expanduser() if home else Path.home() / ".cache" / "mlca"
 
 
-def embedded_root(n_train: int = N_TRAIN, n_val: int = N_VAL) -> Path:
-    """Where the set lives: ``<home>/embedded-v<VERSION>`` (with the counts appended when not the default)."""
-    name = f"embedded-v{VERSION}"
-    if (n_train, n_val) != (N_TRAIN, N_VAL):
+def _variant(variant: str):
+    """``(render, names, version, n_train, n_val)`` of a set: ``"embedded"`` or ``"embedded-dense"``."""
+    if variant == "embedded":
+        return render_image, NAMES, VERSION, N_TRAIN, N_VAL
+    if variant == "embedded-dense":
+        from . import embedded_dense as d
+
+        return d.render_dense_image, d.NAMES, d.VERSION, d.N_TRAIN, d.N_VAL
+    raise ValueError(f"unknown embedded set {variant!r}; choose 'embedded' or 'embedded-dense'")
+
+
+def embedded_root(n_train: int | None = None, n_val: int | None = None, variant: str = "embedded") -> Path:
+    """Where the set lives: ``<home>/<variant>-v<VERSION>`` (with the counts appended when not the default)."""
+    _, _, version, d_train, d_val = _variant(variant)
+    n_train, n_val = d_train if n_train is None else n_train, d_val if n_val is None else n_val
+    name = f"{variant}-v{version}"
+    if (n_train, n_val) != (d_train, d_val):
         name += f"-{n_train}-{n_val}"
     return embedded_home() / name
 
@@ -317,20 +334,22 @@ def render_image(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.n
 # ----------------------------------------------------------------------------- on disk
 
 
-def _data_yaml(n_train: int, n_val: int) -> str:
-    names = "\n".join(f"  {i}: {n}" for i, n in enumerate(NAMES))
+def _data_yaml(n_train: int, n_val: int, variant: str = "embedded") -> str:
+    _, names, version, _, _ = _variant(variant)
+    names = "\n".join(f"  {i}: {n}" for i, n in enumerate(names))
     return (
-        f"# mlca embedded dataset v{VERSION} ({n_train} train / {n_val} val images); see docs/data.md\n"
+        f"# mlca {variant} dataset v{version} ({n_train} train / {n_val} val images); see docs/data.md\n"
         f"format: yolo\npath: .\ntrain: images/train\nval: images/val\nnames:\n{names}\n"
     )
 
 
-def _write_images(out: Path | str, split: str, indices: range, seed: int) -> None:
+def _write_images(out: Path | str, split: str, indices: range, seed: int, variant: str = "embedded") -> None:
     """Render and write images ``indices`` of ``split`` (one worker's share)."""
     out = Path(out)
+    render = _variant(variant)[0]
     for i in indices:
         rng = np.random.default_rng([seed, _SPLIT_CODE[split], i])
-        img, boxes, labels = render_image(rng)
+        img, boxes, labels = render(rng)
         stem = f"{split}_{i:05d}"
         Image.fromarray(img).save(out / "images" / split / f"{stem}.jpg", quality=90)
         h, w = img.shape[:2]
@@ -342,14 +361,19 @@ def _write_images(out: Path | str, split: str, indices: range, seed: int) -> Non
 
 
 def generate_embedded(
-    out: Path, n_train: int = N_TRAIN, n_val: int = N_VAL, seed: int = SEED, workers: int | None = None
+    out: Path, n_train: int | None = None, n_val: int | None = None, seed: int = SEED, workers: int | None = None,
+    variant: str = "embedded",
 ) -> Path:
     """Write the set into ``out`` (created): images, YOLO labels and ``data.yaml``. Returns ``out``.
+
+    ``variant`` is ``"embedded"`` or ``"embedded-dense"``; the counts default to the variant's.
 
     ``workers`` processes share the work (default: the CPU count, and 1 for small sets);
     the bytes do not depend on it, as each image has its own generator.
     """
     out = Path(out)
+    _, _, _, d_train, d_val = _variant(variant)
+    n_train, n_val = d_train if n_train is None else n_train, d_val if n_val is None else n_val
     jobs = []
     for split, n in (("train", n_train), ("val", n_val)):
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
@@ -366,9 +390,10 @@ def generate_embedded(
             share = [(split, idx.start, idx.stop) for split, idx in jobs[k::workers]]
             code = (
                 "import sys, json; from mlca.data.embedded import _write_images; "
-                "[_write_images(sys.argv[1], s, range(a, b), int(sys.argv[3])) for s, a, b in json.loads(sys.argv[2])]"
+                "[_write_images(sys.argv[1], s, range(a, b), int(sys.argv[3]), sys.argv[4]) "
+                "for s, a, b in json.loads(sys.argv[2])]"
             )
-            args = [sys.executable, "-c", code, str(out), json.dumps(share), str(seed)]
+            args = [sys.executable, "-c", code, str(out), json.dumps(share), str(seed), variant]
             procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
         errors = [(p.communicate()[1], p.returncode) for p in procs]
         failed = [err for err, rc in errors if rc != 0]
@@ -376,22 +401,24 @@ def generate_embedded(
             raise RuntimeError(f"generating the embedded dataset failed in a worker process:\n{failed[0]}")
     else:
         for split, idx in jobs:
-            _write_images(out, split, idx, seed)
-    (out / "data.yaml").write_text(_data_yaml(n_train, n_val))
+            _write_images(out, split, idx, seed, variant)
+    (out / "data.yaml").write_text(_data_yaml(n_train, n_val, variant))
     return out
 
 
-def ensure_embedded(n_train: int = N_TRAIN, n_val: int = N_VAL) -> Path:
+def ensure_embedded(n_train: int | None = None, n_val: int | None = None, variant: str = "embedded") -> Path:
     """The set's folder, generated first if missing. Safe when several processes call it at once."""
-    final = embedded_root(n_train, n_val)
+    _, names, version, d_train, d_val = _variant(variant)
+    n_train, n_val = d_train if n_train is None else n_train, d_val if n_val is None else n_val
+    final = embedded_root(n_train, n_val, variant)
     if (final / MARKER).is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache may be shared
     try:
-        generate_embedded(tmp, n_train, n_val)
-        info = {"version": VERSION, "seed": SEED, "n_train": n_train, "n_val": n_val, "names": NAMES}
+        generate_embedded(tmp, n_train, n_val, variant=variant)
+        info = {"version": version, "seed": SEED, "n_train": n_train, "n_val": n_val, "names": names}
         (tmp / MARKER).write_text(json.dumps(info, indent=1))
         try:
             os.rename(tmp, final)  # atomic: others see no folder or a complete one
@@ -408,15 +435,15 @@ def ensure_embedded(n_train: int = N_TRAIN, n_val: int = N_VAL) -> Path:
     return final
 
 
-def embedded_config(n_train: int = N_TRAIN, n_val: int = N_VAL) -> DatasetConfig:
-    """The embedded set's :class:`DatasetConfig` (generating it on first use)."""
-    root = ensure_embedded(n_train, n_val)
+def embedded_config(n_train: int | None = None, n_val: int | None = None, variant: str = "embedded") -> DatasetConfig:
+    """The embedded set's (or ``variant``'s) :class:`DatasetConfig` (generating it on first use)."""
+    root = ensure_embedded(n_train, n_val, variant)
     return DatasetConfig(
-        name="embedded",
+        name=variant,
         format="embedded",
         root=root,
         train="images/train",
         val="images/val",
-        names=list(NAMES),
+        names=list(_variant(variant)[1]),
         source=root / "data.yaml",
     )

@@ -92,6 +92,7 @@ def bench_may(
     num_classes: int = 20,
     width: float = 1.0,
     threads: int | None = None,
+    head: str = "yolov5",
     seed: int = 0,
     clock: str = "wall",
     log: Callable[[str], None] = print,
@@ -105,6 +106,7 @@ def bench_may(
             batch and size), ``"onnxruntime-dynamic"`` (one dynamic export) and
             ``"onnxruntime-dense"`` (one dynamic export, MLCA with ``mlca="dense"``).
         reps: timed repetitions per pair (the median is reported); warmup: untimed calls first.
+        head: MAY's detection head, ``"yolov5"`` (the paper's) or ``"yolov8"`` (anchor-free).
         threads: torch and onnxruntime intra-op threads (default: torch's current setting).
         clock: ``"wall"`` (perf_counter) or ``"process"`` (this process's CPU time; needs one
             thread, and then ignores time lost to other programs on a shared machine).
@@ -139,7 +141,7 @@ def bench_may(
 
         for att in attentions:
             torch.manual_seed(seed)
-            models[att] = build_may(att, num_classes=num_classes, width=width).eval()
+            models[att] = build_may(att, num_classes=num_classes, width=width, head=head).eval()
             for backend in backends:
                 if backend not in _PER_SHAPE:
                     prepare(att, backend)

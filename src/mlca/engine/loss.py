@@ -23,6 +23,8 @@ from mlca.engine.unwrap import unwrap
 class LossGains:
     """The loss's settings: YOLOv5 hyp.scratch-low values, the reference for training from scratch
     that holds up on small datasets. The gains are rescaled in ``YoloLoss.__init__`` (see there).
+    The ``*_af``, ``dfl`` and ``tal_*`` keys belong to the anchor-free head's loss, whose values
+    are the ones YOLOv8's head is usually trained with.
     """
 
     box: float = 0.05  # box loss gain
@@ -32,6 +34,14 @@ class LossGains:
     label_smoothing: float = 0.0  # epsilon of label smoothing on the class BCE targets
     cls_pw: float = 1.0  # positive weight of the class BCE
     obj_pw: float = 1.0  # positive weight of the objectness BCE
+    # the anchor-free head's loss (mlca.engine.loss_af): its terms are normalised by the sum of
+    # the target scores, not averaged over positives, hence gains of another scale than box/cls
+    box_af: float = 7.5  # CIoU gain
+    cls_af: float = 0.5  # classification BCE gain
+    dfl: float = 1.5  # distribution focal loss gain
+    tal_topk: float = 10  # task-aligned assignment: positives per box at most
+    tal_alpha: float = 0.5  # exponent of the class score in the alignment metric
+    tal_beta: float = 6.0  # exponent of the IoU in the alignment metric
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -41,6 +51,8 @@ class LossGains:
             object.__setattr__(self, f.name, float(v))
         if self.anchor_t <= 1.0:
             raise ValueError(f"loss gain 'anchor_t' must be > 1 (a ratio), got {self.anchor_t}")
+        if self.tal_topk < 1 or self.tal_topk != int(self.tal_topk):
+            raise ValueError(f"loss gain 'tal_topk' must be a whole number >= 1, got {self.tal_topk}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"loss gain 'label_smoothing' must be in [0, 1), got {self.label_smoothing}")
 

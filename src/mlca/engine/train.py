@@ -78,6 +78,9 @@ class TrainConfig:
     attention_kwargs: dict = _opt(factory=dict, flag="--attention-kw", metavar="KEY=VALUE",
                                   help="keyword argument for the attention module (repeatable), e.g. local_size=3")
     width: float = _opt(1.0, "channel width multiplier")
+    head: str = _opt("yolov5", "detection head: yolov5 = the paper's anchor-based coupled head; yolov8 = "
+                               "anchor-free decoupled head (DFL boxes, task-aligned assignment)",
+                     choices=("yolov5", "yolov8"))
     # budget
     epochs: int = _opt(30, "training epochs")
     img_size: int = _opt(256, "square training/validation size (multiple of 32)")
@@ -138,6 +141,7 @@ class TrainConfig:
             (self.optimizer.lower() in ("sgd", "adamw"), f"optimizer must be sgd|adamw, got {self.optimizer!r}"),
             (self.close_mosaic >= 0, f"close_mosaic must be >= 0, got {self.close_mosaic}"),
             (self.val_interval >= 1, f"val_interval must be >= 1, got {self.val_interval}"),
+            (self.head in ("yolov5", "yolov8"), f"head must be yolov5|yolov8, got {self.head!r}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -289,8 +293,15 @@ def _set_mosaic(dataset: Any, enabled: bool) -> None:
         dataset.hyp["mosaic"] = 0.0
 
 
-def _diverged_message(epoch: int, i: int, nb: int, items: torch.Tensor, last: Path, cfg: TrainConfig) -> str:
-    parts = ", ".join(f"{n}={v:.4g}" for n, v in zip(("box", "obj", "cls"), items.tolist()))
+def _anchors_of(model: nn.Module) -> list | None:
+    """The anchor-based head's anchors (pixels, nested lists), None for the anchor-free head."""
+    anchors = getattr(model.detect, "anchors", None)
+    return anchors.tolist() if anchors is not None else None
+
+
+def _diverged_message(epoch: int, i: int, nb: int, items: torch.Tensor, last: Path, cfg: TrainConfig,
+                      names: tuple[str, ...] = ("box", "obj", "cls")) -> str:
+    parts = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, items.tolist()))
     kept = f"The last good checkpoint, {last}, is untouched." if last.exists() else "No checkpoint was written yet."
     return (
         f"training stopped: the loss became non-finite at epoch {epoch + 1}/{cfg.epochs}, "
@@ -347,6 +358,9 @@ class Trainer:
 
         self.cfg, self.info, self.device, self.ckpt = cfg, info, device, ckpt
         self.gains, self.augment = split_hyp(cfg.hyp, "TrainConfig.hyp")
+        # the three logged loss terms; results.csv keeps its columns, and with the anchor-free
+        # head its obj_loss column holds the DFL term
+        self.loss_names: tuple[str, ...] = ("box", "obj", "cls")
 
     # --- run folder (decided by rank 0, shared with the others) -----------------------------------
     def make_run_dir(self) -> Path:
@@ -403,16 +417,17 @@ class Trainer:
 
     # --- model --------------------------------------------------------------------------------------
     def build_model(self, data: _Data) -> tuple[nn.Module, dict]:
-        """MAY on the device (anchors refitted to the data on a new run), and the config that rebuilds it."""
+        """MAY on the device (for the anchor-based head, anchors refitted to the data on a new run), and
+        the config that rebuilds it."""
         from mlca.models.may import build_may
 
         cfg = self.cfg
         model_config = dict(attention=cfg.attention, num_classes=len(data.names), width=cfg.width,
-                            **cfg.attention_kwargs)
+                            head=cfg.head, **cfg.attention_kwargs)
         model = build_may(**model_config)
         model.names = data.names
         model_config = dict(getattr(model, "config", model_config))
-        if self.ckpt is None and cfg.autoanchor and self.info.is_main:
+        if self.ckpt is None and cfg.autoanchor and self.info.is_main and cfg.head == "yolov5":
             from mlca.engine.autoanchor import check_anchors
 
             check_anchors(data.train_set, model, thr=self.gains.anchor_t, img_size=cfg.img_size, seed=cfg.seed,
@@ -498,7 +513,8 @@ class Trainer:
             # .item() waits for the device: the step's host time below is its device time too
             finite = D.all_reduce_min(float(torch.isfinite(loss).item()), device)
             if finite < 1:
-                raise TrainingDivergedError(_diverged_message(epoch, i, nb, items.cpu(), self.last_pt, cfg))
+                raise TrainingDivergedError(_diverged_message(epoch, i, nb, items.cpu(), self.last_pt, cfg,
+                                                                   self.loss_names))
             if opt.scaler is not None:
                 opt.scaler.scale(loss).backward()
                 opt.scaler.unscale_(opt.optimizer)
@@ -515,7 +531,7 @@ class Trainer:
             if opt.ema is not None:
                 opt.ema.update(model)
             mloss = (mloss * i + items.detach().cpu()) / (i + 1)
-            bar.set_postfix(box=f"{mloss[0]:.4f}", obj=f"{mloss[1]:.4f}", cls=f"{mloss[2]:.4f}")
+            bar.set_postfix({n: f"{v:.4f}" for n, v in zip(self.loss_names, mloss.tolist())})
             monitor.step_done()
         bar.close()
         return mloss
@@ -579,14 +595,15 @@ class Trainer:
         if is_best:
             progress.best_fitness = fit
         self.save(epoch, model, model_config, data, opt, progress, is_best)
-        _log(self.info, self.cfg, f"epoch {epoch + 1}/{self.cfg.epochs}  box {row['box_loss']:.4f}  "
-                                  f"obj {row['obj_loss']:.4f}  cls {row['cls_loss']:.4f}  mAP@0.5 {map50:.4f}  "
+        n = self.loss_names
+        _log(self.info, self.cfg, f"epoch {epoch + 1}/{self.cfg.epochs}  {n[0]} {row['box_loss']:.4f}  "
+                                  f"{n[1]} {row['obj_loss']:.4f}  {n[2]} {row['cls_loss']:.4f}  mAP@0.5 {map50:.4f}  "
                                   f"mAP@0.5:0.95 {map_:.4f}  {row['time_s']:.1f}s{'  *best*' if is_best else ''}")
         return row
 
     # --- the whole run ----------------------------------------------------------------------------
     def run(self) -> TrainResult:
-        from mlca.engine.loss import YoloLoss
+        from mlca.engine.criterion import build_loss, item_names
 
         info = self.info
         run_dir = self.make_run_dir()
@@ -595,14 +612,15 @@ class Trainer:
         opt = self.build_optimisation(model, data.nb)
         progress = self.restore(model, opt)
         model = self.wrap(model)
-        compute_loss = YoloLoss(model, self.gains, img_size=self.cfg.img_size)
+        compute_loss = build_loss(model, self.gains, img_size=self.cfg.img_size)
+        self.loss_names = item_names(compute_loss)
         cfg = self.cfg
         if info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             _write_args_yaml(run_dir / "args.yaml", cfg, {"run_dir": str(run_dir), "world_size": info.world_size,
                                                           "device": str(self.device), "names": data.names,
-                                                          "anchors": unwrap(model).detect.anchors.tolist()})
-            _log(info, cfg, f"training {cfg.attention} MAY on {cfg.data}: {len(data.train_set)} train / "
+                                                          "anchors": _anchors_of(unwrap(model))})
+            _log(info, cfg, f"training {cfg.attention} MAY ({cfg.head} head) on {cfg.data}: {len(data.train_set)} train / "
                             f"{data.n_val} val images, {len(data.names)} classes, {cfg.img_size} px, batch "
                             f"{cfg.batch_size} x {data.nb} it/epoch, {cfg.epochs} epochs on {self.device}"
                             f"{f' x {info.world_size} ranks' if info.distributed else ''} -> {run_dir}")

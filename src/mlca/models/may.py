@@ -3,9 +3,11 @@
 MobileNetV3-small backbone with a registered attention module in place of SE
 (:mod:`mlca.models.mobilenetv3`), YOLOv5 v6 PAN neck (:mod:`mlca.models.neck`) and
 anchor-based Detect head (:mod:`mlca.models.head`), following the official
-``mobilenetv3-MLCA.yaml`` of wandahangFY/MLCA.
+``mobilenetv3-MLCA.yaml`` of wandahangFY/MLCA. ``head="yolov8"`` swaps the paper's head for an
+anchor-free decoupled one (:mod:`mlca.models.head_decoupled`); both give the same inference output.
 
     >>> model = build_may("mlca", num_classes=20)
+    >>> model = build_may("mlca", num_classes=20, head="yolov8")  # anchor-free, decoupled
     >>> model = build_may_from_yaml("may.yaml")      # packaged config, or any path
 """
 
@@ -19,12 +21,15 @@ import torch
 from torch import nn
 
 from .head import DEFAULT_ANCHORS, Detect, is_tracing
+from .head_decoupled import DecoupledDetect
 from .mobilenetv3 import MAY_BLOCKS, MAY_STEM, BlockSetting, MobileNetV3Backbone
 from .neck import MAY_NECK, PAN
 
 __all__ = ["MAY", "build_may", "build_may_from_yaml"]
 
 STRIDES = (8, 16, 32)
+# "yolov5": the paper's anchor-based coupled head; "yolov8": anchor-free, decoupled, DFL boxes
+HEADS = ("yolov5", "yolov8")
 
 
 def _plain(value: Any) -> Any:
@@ -46,10 +51,12 @@ class MAY(nn.Module):
         anchors: ``(3, 3, 2)`` anchor sizes in pixels; YOLOv5's defaults when None.
         attention_kwargs: keyword arguments for every attention module.
         stem, blocks, neck: architecture tables (defaults: the official MAY).
+        head: ``"yolov5"`` (the paper's anchor-based Detect) or ``"yolov8"`` (anchor-free
+            :class:`~mlca.models.head_decoupled.DecoupledDetect`; takes no anchors).
 
     Attributes:
         num_classes, names (``list[str] | None``, set by the trainer), stride ``(3,)``,
-        detect (with buffer ``detect.anchors`` ``(3, na, 2)`` pixels), config (the build
+        head, detect (for yolov5 with buffer ``detect.anchors`` ``(3, na, 2)`` pixels), config (the build
         arguments: ``build_may(**model.config)`` rebuilds the architecture).
     """
 
@@ -63,8 +70,13 @@ class MAY(nn.Module):
         stem: int = MAY_STEM,
         blocks: Sequence[Sequence] = MAY_BLOCKS,
         neck: Sequence[int] = MAY_NECK,
+        head: str = "yolov5",
     ):
         super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"MAY: head must be one of {HEADS}, got {head!r}")
+        if head != "yolov5" and anchors is not None:
+            raise ValueError(f"MAY: the {head} head is anchor-free; got anchors {_plain(anchors)}")
         if int(num_classes) < 1:
             raise ValueError(f"MAY: num_classes must be >= 1, got {num_classes}")
         if not width > 0:
@@ -74,7 +86,11 @@ class MAY(nn.Module):
         anchors = DEFAULT_ANCHORS if anchors is None else anchors
         self.backbone = MobileNetV3Backbone(attention, width, stem, blocks, **attention_kwargs)
         self.neck = PAN(self.backbone.out_channels, neck, width)
-        self.detect = Detect(num_classes, self.neck.out_channels, anchors, STRIDES)
+        if head == "yolov5":
+            self.detect = Detect(num_classes, self.neck.out_channels, anchors, STRIDES)
+        else:
+            self.detect = DecoupledDetect(num_classes, self.neck.out_channels, STRIDES)
+        self.head = head
         self.num_classes = int(num_classes)
         self.names: list[str] | None = None
         self.register_buffer("stride", torch.tensor(STRIDES, dtype=torch.float32), persistent=False)
@@ -82,8 +98,9 @@ class MAY(nn.Module):
             "attention": attention,
             "num_classes": int(num_classes),
             "width": float(width),
-            "anchors": _plain(self.detect.anchors),
+            "anchors": _plain(self.detect.anchors) if head == "yolov5" else None,
             "attention_kwargs": attention_kwargs,
+            "head": head,
         }
         # only non-default tables go in the config, so a plain model's config stays short
         if stem != MAY_STEM or blocks != MAY_BLOCKS or tuple(neck) != MAY_NECK:
@@ -93,9 +110,10 @@ class MAY(nn.Module):
         """x: (B, 3, H, W), H and W multiples of 32.
 
         Returns:
-            train mode: list of 3 raw tensors (B, na, H/s, W/s, 5 + nc) for s = 8, 16, 32;
+            train mode: list of 3 raw tensors for s = 8, 16, 32: (B, na, H/s, W/s, 5 + nc) for
+            the yolov5 head, (B, 4 * reg_max + nc, H/s, W/s) for the yolov8 head;
             eval mode: (B, N, 5 + nc) decoded, N = sum(na * H/s * W/s), columns
-            [cx, cy, w, h] (input pixels), objectness, nc class probabilities.
+            [cx, cy, w, h] (input pixels), objectness (1 for yolov8), nc class probabilities.
         """
         if not is_tracing():
             # checked in eager only: a shape guard would pin sizes during export
@@ -119,18 +137,20 @@ def build_may(
     stem: int = MAY_STEM,
     blocks: Sequence[Sequence] = MAY_BLOCKS,
     neck: Sequence[int] = MAY_NECK,
+    head: str = "yolov5",
     **kwargs: Any,
 ) -> MAY:
     """Build MAY with any registered attention.
 
     Extra keyword arguments go to the attention modules (``build_may("mlca", local_size=3)``);
     ``attention_kwargs=`` does the same as a dict, so ``build_may(**model.config)`` rebuilds a model.
+    ``head`` picks the detection head (see :class:`MAY`); the paper's is ``"yolov5"``.
     """
     merged = {**(attention_kwargs or {}), **kwargs}
-    return MAY(attention, num_classes, width, anchors, merged, stem, blocks, neck)
+    return MAY(attention, num_classes, width, anchors, merged, stem, blocks, neck, head)
 
 
-_YAML_KEYS = {"attention", "num_classes", "width", "anchors", "attention_kwargs", "stem", "blocks", "neck"}
+_YAML_KEYS = {"attention", "num_classes", "width", "anchors", "attention_kwargs", "stem", "blocks", "neck", "head"}
 
 
 def _resolve_yaml(path: str | Path) -> Path:
@@ -145,7 +165,7 @@ def _resolve_yaml(path: str | Path) -> Path:
 
 def build_may_from_yaml(path: str | Path, **overrides: Any) -> MAY:
     """Build MAY from a YAML file (keys: attention, num_classes, width, anchors,
-    attention_kwargs, stem, blocks, neck — all optional); ``overrides`` win over the file.
+    attention_kwargs, stem, blocks, neck, head — all optional); ``overrides`` win over the file.
 
     ``path`` is a file path, or the name of a packaged config (``"may.yaml"``).
     """
