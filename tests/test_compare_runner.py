@@ -125,7 +125,12 @@ def test_rows_csv_markdown_and_plots(tmp_path):
     assert mlca.map50_std == pytest.approx(math.sqrt(sum((x - sum(m_mlca) / 3) ** 2 for x in m_mlca) / 2))
     assert mlca.d_map50 == pytest.approx(sum(m_mlca) / 3 - sum(m_none) / 3)
     assert mlca.p_map50 == pytest.approx(welch(m_mlca, m_none).p)
-    assert mlca.sig_map50 == ("yes" if mlca.p_map50 < 0.05 else "no")
+    # Holm over the table's 2 tests (mlca x 2 metrics): the larger p is kept, the smaller doubled
+    p_both = sorted([welch(m_mlca, m_none).p, mlca.p_map])
+    assert sorted([mlca.p_holm_map50, mlca.p_holm_map]) == pytest.approx([min(1, 2 * p_both[0]), min(1, max(2 * p_both[0], p_both[1]))])
+    assert mlca.sig_map50 == ("yes" if mlca.p_holm_map50 < 0.05 else "no")
+    lo, hi = mlca.ci_low_map50, mlca.ci_high_map50
+    assert lo < mlca.d_map50 < hi and mlca.mde_map50 > 0
     assert none.d_map50 == 0.0 and math.isnan(none.p_map50) and none.sig_map50 == ""
     assert math.isnan(mlca.latency_cuda_ms)
 
@@ -141,6 +146,7 @@ def test_rows_csv_markdown_and_plots(tmp_path):
 
     md = markdown_table(rows, 64, "none")
     assert "Welch" in md and "p < 0.05" in md and "| mlca |" in md and "**none**" in md
+    assert "Holm-adjusted over all 2 tests" in md and "MDE" in md and "[95 % CI]" in md
     assert md.count("\n|") == 3  # header, rule, 2 rows -> 3 line starts after the first
 
     for path in (
