@@ -206,3 +206,21 @@ def test_which_gpus_runs_spread_over(tmp_path):
     assert _visible_gpus(_cfg(tmp_path, device="cpu")) == []
     assert _visible_gpus(_cfg(tmp_path, device="cuda:1")) == []  # one named GPU: no spreading
     assert _visible_gpus(_cfg(tmp_path, gpus=[0, 2])) == [0, 2]
+
+
+def test_module_settings_reach_the_trainer_and_name_the_run(tmp_path):
+    train = RecordingTrain()
+    cfg = _cfg(tmp_path, seeds=1, attention_kwargs={"mlca": {"local_size": 3}})
+    run_all(cfg, train_fn=train, log=lambda s: None)
+    got = {c.attention: c.attention_kwargs for c in train.calls}
+    assert got == {"none": {}, "mlca": {"local_size": 3}}
+    # the same experiment with the spelled-out default (local_size 5) is another model: refused
+    with pytest.raises(RuntimeError, match="local_size"):
+        run_all(_cfg(tmp_path, seeds=1, attention_kwargs={"mlca": {"local_size": 5}}), train_fn=train, log=lambda s: None)
+    # while spelling out a default of an untouched module changes nothing: reused, not retrained
+    other = _cfg(tmp_path / "b", seeds=1)
+    run_all(other, train_fn=train, log=lambda s: None)
+    n = len(train.calls)
+    again = _cfg(tmp_path / "b", seeds=1, attention_kwargs={"mlca": {"local_size": 5, "local_weight": 0.5}})
+    assert all(o.reused for o in run_all(again, train_fn=train, log=lambda s: None))
+    assert len(train.calls) == n
