@@ -125,7 +125,12 @@ def test_rows_csv_markdown_and_plots(tmp_path):
     assert mlca.map50_std == pytest.approx(math.sqrt(sum((x - sum(m_mlca) / 3) ** 2 for x in m_mlca) / 2))
     assert mlca.d_map50 == pytest.approx(sum(m_mlca) / 3 - sum(m_none) / 3)
     assert mlca.p_map50 == pytest.approx(welch(m_mlca, m_none).p)
-    assert mlca.sig_map50 == ("yes" if mlca.p_map50 < 0.05 else "no")
+    # Holm over the table's 2 tests (mlca x 2 metrics): the larger p is kept, the smaller doubled
+    p_both = sorted([welch(m_mlca, m_none).p, mlca.p_map])
+    assert sorted([mlca.p_holm_map50, mlca.p_holm_map]) == pytest.approx([min(1, 2 * p_both[0]), min(1, max(2 * p_both[0], p_both[1]))])
+    assert mlca.sig_map50 == ("yes" if mlca.p_holm_map50 < 0.05 else "no")
+    lo, hi = mlca.ci_low_map50, mlca.ci_high_map50
+    assert lo < mlca.d_map50 < hi and mlca.mde_map50 > 0
     assert none.d_map50 == 0.0 and math.isnan(none.p_map50) and none.sig_map50 == ""
     assert math.isnan(mlca.latency_cuda_ms)
 
@@ -141,6 +146,7 @@ def test_rows_csv_markdown_and_plots(tmp_path):
 
     md = markdown_table(rows, 64, "none")
     assert "Welch" in md and "p < 0.05" in md and "| mlca |" in md and "**none**" in md
+    assert "Holm-adjusted over all 2 tests" in md and "MDE" in md and "[95 % CI]" in md
     assert md.count("\n|") == 3  # header, rule, 2 rows -> 3 line starts after the first
 
     for path in (
@@ -200,3 +206,21 @@ def test_which_gpus_runs_spread_over(tmp_path):
     assert _visible_gpus(_cfg(tmp_path, device="cpu")) == []
     assert _visible_gpus(_cfg(tmp_path, device="cuda:1")) == []  # one named GPU: no spreading
     assert _visible_gpus(_cfg(tmp_path, gpus=[0, 2])) == [0, 2]
+
+
+def test_module_settings_reach_the_trainer_and_name_the_run(tmp_path):
+    train = RecordingTrain()
+    cfg = _cfg(tmp_path, seeds=1, attention_kwargs={"mlca": {"local_size": 3}})
+    run_all(cfg, train_fn=train, log=lambda s: None)
+    got = {c.attention: c.attention_kwargs for c in train.calls}
+    assert got == {"none": {}, "mlca": {"local_size": 3}}
+    # the same experiment with the spelled-out default (local_size 5) is another model: refused
+    with pytest.raises(RuntimeError, match="local_size"):
+        run_all(_cfg(tmp_path, seeds=1, attention_kwargs={"mlca": {"local_size": 5}}), train_fn=train, log=lambda s: None)
+    # while spelling out a default of an untouched module changes nothing: reused, not retrained
+    other = _cfg(tmp_path / "b", seeds=1)
+    run_all(other, train_fn=train, log=lambda s: None)
+    n = len(train.calls)
+    again = _cfg(tmp_path / "b", seeds=1, attention_kwargs={"mlca": {"local_size": 5, "local_weight": 0.5}})
+    assert all(o.reused for o in run_all(again, train_fn=train, log=lambda s: None))
+    assert len(train.calls) == n

@@ -4,18 +4,35 @@ from __future__ import annotations
 
 import argparse
 
-from mlca.compare.config import DEFAULT_ATTENTIONS, PAPER_ATTENTIONS, CompareConfig
+from mlca.compare.config import DEFAULT_ATTENTIONS, CompareConfig
+from mlca.compare.presets import PRESETS
 
 _EPILOG = f"""\
 With no arguments it trains MAY with {', '.join(DEFAULT_ATTENTIONS)} on the embedded data
 ({CompareConfig.seeds} seeds, {CompareConfig.epochs} epochs, {CompareConfig.img_size} px), about 15 minutes on a 2-core CPU.
-The paper's set: --attentions {','.join(PAPER_ATTENTIONS)}.
+The paper's comparison: --preset paper ({', '.join(PRESETS['paper'].attentions)} with the official
+repository's module settings, e.g. Coordinate Attention reduction 16; docs/compare.md lists them).
 Finished runs under --out are reused; an interrupted run resumes. See docs/compare.md.
 """
 
 
 def _csv_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _attention_arg(text: str) -> tuple[str, str, object]:
+    """``NAME:KEY=VALUE`` -> (name, key, value); the value is read as YAML (16, 0.5, true, relu)."""
+    import yaml
+
+    name, sep, rest = text.partition(":")
+    key, eq, value = rest.partition("=")
+    if not (sep and eq and name.strip() and key.strip()):
+        raise argparse.ArgumentTypeError(f"expected NAME:KEY=VALUE (e.g. ca:reduction=16), got {text!r}")
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        parsed = value
+    return name.strip(), key.strip(), parsed
 
 
 def _positive_int(text: str) -> int:
@@ -31,8 +48,13 @@ def add_parser(subparsers, name: str = "compare", help: str = "") -> argparse.Ar
         name, help=help, description=__doc__, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--data", default=d.data, help="dataset config YAML, or 'embedded' (default)")
-    p.add_argument("--attentions", type=_csv_list, default=list(DEFAULT_ATTENTIONS),
-                   help=f"comma-separated attention names (default {','.join(DEFAULT_ATTENTIONS)})")
+    p.add_argument("--attentions", type=_csv_list, default=None,
+                   help=f"comma-separated attention names (default {','.join(DEFAULT_ATTENTIONS)}; "
+                        "with --preset: a subset of the preset's)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="a named comparison: " + "; ".join(f"{k}: {v.description}" for k, v in PRESETS.items()))
+    p.add_argument("--attention-arg", type=_attention_arg, action="append", default=[], metavar="NAME:KEY=VALUE",
+                   help="a module constructor setting, e.g. ca:reduction=16 (repeatable; over the preset's)")
     p.add_argument("--seeds", type=_positive_int, default=d.seeds, help="runs per attention, seeds 0..N-1 (default %(default)s)")
     p.add_argument("--epochs", type=_positive_int, default=d.epochs, help="epochs per run (default %(default)s)")
     p.add_argument("--img-size", type=_positive_int, default=d.img_size, help="square image size, multiple of 32 (default %(default)s)")
@@ -56,16 +78,24 @@ def add_parser(subparsers, name: str = "compare", help: str = "") -> argparse.Ar
 def run(args: argparse.Namespace) -> int:
     from mlca.compare.experiment import check_attentions, run_compare
 
+    kwargs: dict[str, dict] = {}
+    for name, key, value in args.attention_arg:
+        kwargs.setdefault(name, {})[key] = value
+    fields = dict(
+        data=args.data, seeds=args.seeds, epochs=args.epochs,
+        img_size=args.img_size, batch_size=args.batch_size, workers=args.workers, device=args.device,
+        out=args.out, baseline=args.baseline, width=args.width, max_train_images=args.max_train_images,
+        max_val_images=args.max_val_images, cam=args.cam, cam_images=args.cam_images,
+        latency_rounds=args.latency_rounds, gpus=args.gpus,
+    )
     try:
-        cfg = CompareConfig(
-            data=args.data, attentions=args.attentions, seeds=args.seeds, epochs=args.epochs,
-            img_size=args.img_size, batch_size=args.batch_size, workers=args.workers, device=args.device,
-            out=args.out, baseline=args.baseline, width=args.width, max_train_images=args.max_train_images,
-            max_val_images=args.max_val_images, cam=args.cam, cam_images=args.cam_images,
-            latency_rounds=args.latency_rounds, gpus=args.gpus,
-        )
-        check_attentions(cfg.attentions)
-    except (ValueError, KeyError) as e:
+        if args.preset:
+            cfg = CompareConfig.from_preset(args.preset, args.attentions, attention_kwargs=kwargs, **fields)
+        else:
+            attentions = args.attentions if args.attentions is not None else list(DEFAULT_ATTENTIONS)
+            cfg = CompareConfig(attentions=attentions, attention_kwargs=kwargs, **fields)
+        check_attentions(cfg.attentions, cfg.attention_kwargs)
+    except (ValueError, KeyError, TypeError) as e:
         print(f"mlca compare: error: {e.args[0] if e.args else e}")
         return 2
     run_compare(cfg)

@@ -4,8 +4,9 @@
     result = run_compare(CompareConfig(attentions=["none", "eca", "mlca"], seeds=3, epochs=30))
     print(result.table)
 
-One file per idea: ``config`` (settings), ``runner`` (resumable (attention, seed) runs, GPU
-spreading), ``stats`` (mean ± std, Welch's t-test), ``cost`` (params, GFLOPs), ``latency``
+One file per idea: ``config`` (settings), ``presets`` (named module sets with their
+constructor settings: ``CompareConfig.from_preset("paper")``), ``runner`` (resumable (attention, seed) runs, GPU
+spreading), ``stats`` (mean ± std, Welch's t-test, CI, MDE, Holm), ``cost`` (params, GFLOPs), ``latency``
 (interleaved batch-1 timing), ``report`` (CSV/Markdown table), ``plots``, ``cam`` (EigenCAM
 and MLCA maps), ``experiment`` (all of it in order).
 """

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-__all__ = ["CompareConfig", "DEFAULT_ATTENTIONS", "PAPER_ATTENTIONS"]
+__all__ = ["CompareConfig", "DEFAULT_ATTENTIONS", "PAPER_ATTENTIONS", "non_default_kwargs"]
 
 # The paper's table (Wan et al. 2023, MAY on VOC/SIMD).
 PAPER_ATTENTIONS = ("none", "se", "eca", "cbam", "ca", "mlca")
@@ -39,6 +41,9 @@ class CompareConfig:
     cam_images: int = 4
     latency_rounds: int = 20
     gpus: list[int] | None = None  # None: every visible GPU when device is CUDA
+    # constructor settings per attention name ({} or absent: the zoo defaults), e.g. {"ca": {"reduction": 16}}
+    attention_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    preset: str | None = None  # the --preset these attentions and settings came from (a record only)
 
     RUN_KEYS = ("data", "epochs", "img_size", "batch_size", "width", "max_train_images", "max_val_images")
 
@@ -60,12 +65,54 @@ class CompareConfig:
             raise ValueError(f"compare: --epochs must be >= 1, got {self.epochs}")
         if self.img_size < 32 or self.img_size % 32:
             raise ValueError(f"compare: --img-size must be a multiple of 32 (MAY's largest stride), got {self.img_size}")
+        self.attention_kwargs = {k: dict(v) for k, v in (self.attention_kwargs or {}).items()}
+        stray = sorted(set(self.attention_kwargs) - set(self.attentions))
+        if stray:
+            raise ValueError(f"compare: settings given for {stray}, which are not among --attentions {self.attentions}")
 
-    def run_settings(self) -> dict:
-        """The settings that make two runs of the same (attention, seed) the same run."""
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items() if k in self.RUN_KEYS}
+    @classmethod
+    def from_preset(cls, name: str, attentions: list[str] | None = None, **overrides: Any) -> "CompareConfig":
+        """The preset's attentions (or the subset ``attentions``) with its module settings;
+        ``overrides`` set the other fields (``attention_kwargs`` entries update the preset's)."""
+        from .presets import get_preset
+
+        preset = get_preset(name)
+        chosen = list(attentions) if attentions else list(preset.attentions)
+        kwargs = preset.kwargs_for(chosen)
+        for att, extra in (overrides.pop("attention_kwargs", None) or {}).items():
+            kwargs.setdefault(att, {}).update(extra)
+        return cls(attentions=chosen, attention_kwargs=kwargs, preset=name, **overrides)
+
+    def kwargs_of(self, attention: str) -> dict[str, Any]:
+        """The constructor settings of ``attention`` in this experiment ({}: the zoo defaults)."""
+        return dict(self.attention_kwargs.get(attention, {}))
+
+    def run_settings(self, attention: str | None = None) -> dict:
+        """The settings that make two runs of the same (attention, seed) the same run.
+
+        With ``attention``, its module settings that differ from the module's defaults are
+        included (as ``attention_kwargs``), so a run of ``ca`` with reduction 16 is never
+        reused for reduction 32, while spelling out a default changes nothing.
+        """
+        out = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items() if k in self.RUN_KEYS}
+        if attention is not None:
+            changed = non_default_kwargs(attention, self.kwargs_of(attention))
+            if changed:
+                out["attention_kwargs"] = changed
+        return out
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["out"] = str(self.out)
         return d
+
+
+def non_default_kwargs(attention: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` without the entries equal to the attention class's own defaults."""
+    if not kwargs:
+        return {}
+    import mlca.attention  # noqa: F401  (registers the zoo)
+    from mlca.attention.registry import get_attention_class
+
+    params = inspect.signature(get_attention_class(attention)).parameters
+    return {k: v for k, v in sorted(kwargs.items()) if k not in params or params[k].default != v}

@@ -32,12 +32,20 @@ class CompareResult:
     seconds: float
 
 
-def check_attentions(names: list[str]) -> None:
+def check_attentions(names: list[str], attention_kwargs: dict | None = None) -> None:
+    """Every name is registered and takes its settings: fails before any training.
+
+    Raises KeyError (unknown name, listing the known ones), TypeError (a setting the module
+    does not take, listing the ones it does) or ValueError (a bad value).
+    """
     import mlca.attention  # noqa: F401  (registers the zoo)
-    from mlca.attention.registry import get_attention_class
+    from mlca.attention.registry import create_attention, get_attention_class
 
     for n in names:
         get_attention_class(n)  # KeyError listing the known names
+        kwargs = (attention_kwargs or {}).get(n)
+        if kwargs:
+            create_attention(n, 64, **kwargs)
 
 
 def _num_classes(data: str) -> int:
@@ -61,7 +69,7 @@ def run_compare(cfg: CompareConfig, train_fn: Callable | None = None, log: Calla
     ``train_fn`` replaces :func:`mlca.engine.train.train` (for tests of the orchestration).
     """
     t0 = time.perf_counter()
-    check_attentions(cfg.attentions)
+    check_attentions(cfg.attentions, cfg.attention_kwargs)
     nc = _num_classes(cfg.data)  # a bad --data fails here, before hours of training
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
@@ -71,14 +79,17 @@ def run_compare(cfg: CompareConfig, train_fn: Callable | None = None, log: Calla
 
     from mlca.models.may import build_may
 
-    models = {a: build_may(attention=a, num_classes=nc, width=cfg.width) for a in cfg.attentions}
+    models = {
+        a: build_may(attention=a, num_classes=nc, width=cfg.width, attention_kwargs=cfg.kwargs_of(a))
+        for a in cfg.attentions
+    }
     params = {a: count_params(m) for a, m in models.items()}
     flops = {a: gflops(m, cfg.img_size) for a, m in models.items()}
     log(f"compare: timing batch-1 inference of {len(models)} models on {', '.join(available_devices())}")
     lat_cpu = measure_latency(models, cfg.img_size, "cpu", rounds=cfg.latency_rounds)
     lat_cuda = measure_latency(models, cfg.img_size, "cuda", rounds=cfg.latency_rounds) if torch.cuda.is_available() else None
 
-    rows = build_rows(runs, cfg.attentions, cfg.baseline, params, flops, lat_cpu, lat_cuda)
+    rows = build_rows(runs, cfg.attentions, cfg.baseline, params, flops, lat_cpu, lat_cuda, cfg.attention_kwargs)
     files = {
         "results.csv": write_results_csv(rows, out / "results.csv"),
         "runs.csv": write_runs_csv(runs, out / "runs.csv"),
@@ -86,7 +97,7 @@ def run_compare(cfg: CompareConfig, train_fn: Callable | None = None, log: Calla
     seconds = time.perf_counter() - t0
     trained = [r for r in runs if not r.reused]
     footer = [
-        f"Settings: data={cfg.data}, epochs={cfg.epochs}, img_size={cfg.img_size}, batch_size={cfg.batch_size}, "
+        f"Settings: {f'preset={cfg.preset}, ' if cfg.preset else ''}data={cfg.data}, epochs={cfg.epochs}, img_size={cfg.img_size}, batch_size={cfg.batch_size}, "
         f"seeds={cfg.seeds}, width={cfg.width}"
         + (f", max_train_images={cfg.max_train_images}" if cfg.max_train_images else "")
         + (f", max_val_images={cfg.max_val_images}" if cfg.max_val_images else "")

@@ -75,6 +75,7 @@ def _train_config(cfg: CompareConfig, spec: RunSpec, resume: bool, device: str):
     wanted = dict(
         data=cfg.data,
         attention=spec.attention,
+        attention_kwargs=cfg.kwargs_of(spec.attention),
         width=cfg.width,
         epochs=cfg.epochs,
         img_size=cfg.img_size,
@@ -122,10 +123,10 @@ def _atomic_write_json(path: Path, obj: dict) -> None:
 
 def _load_done(cfg: CompareConfig, spec: RunSpec, marker: Path) -> RunOutcome:
     data = json.loads(marker.read_text())
-    if data.get("settings") != cfg.run_settings():
+    if data.get("settings") != cfg.run_settings(spec.attention):
         raise RuntimeError(
             f"compare: {marker.parent} was trained with {data.get('settings')}, but this call asks for "
-            f"{cfg.run_settings()}; use another --out, or delete that folder to train it again"
+            f"{cfg.run_settings(spec.attention)}; use another --out, or delete that folder to train it again"
         )
     data["reused"] = True
     return RunOutcome(**data)
@@ -165,7 +166,7 @@ def run_one(cfg: CompareConfig, spec: RunSpec, train_fn: Callable | None = None,
         best_map=best[1],
         epochs=len(maps),
         train_time_s=elapsed,
-        settings=cfg.run_settings(),
+        settings=cfg.run_settings(spec.attention),
     )
     payload = dataclasses.asdict(outcome)
     payload.pop("reused")
