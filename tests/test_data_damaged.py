@@ -230,3 +230,27 @@ def test_a_replayed_result_keeps_its_notes_and_counts_like_a_fresh_one(tmp_path)
     assert replayed.restored == fresh.restored and replayed.dropped == fresh.dropped
     assert len(replayed.restored) == 1 and len(replayed.dropped) == 1
     assert [r.boxes.tolist() for r in replayed.records] == [r.boxes.tolist() for r in fresh.records]
+
+
+def test_a_corrupt_image_stays_a_named_error_after_pil_open_was_replaced(tmp_path, monkeypatch):
+    """Libraries replace ``PIL.Image.open`` (ultralytics: a wrapper that tries to install a HEIF
+    plugin on an unidentified file); mlca's reader still raises its own error, naming the file."""
+    calls = []
+    original = Image.open
+
+    def wrapper(fp, *args, **kwargs):  # what such a wrapper does on an unidentified file
+        calls.append(fp)
+        try:
+            return original(fp, *args, **kwargs)
+        except Image.UnidentifiedImageError:
+            raise ModuleNotFoundError("No module named 'some_plugin'") from None
+
+    monkeypatch.setattr(Image, "open", wrapper)
+    bad = tmp_path / "images" / "bad.jpg"
+    yaml = yolo_set(tmp_path, {"ok.jpg": jpeg_bytes(32, 32, np.random.default_rng()), "bad.jpg": b"not an image" * 40})
+    with pytest.raises(DataError, match="bad.jpg"):
+        read_records(yaml, "train")
+    with pytest.raises(DataError, match="corrupt"):
+        load_image(bad)
+    assert calls == []  # PIL's own open was used
+    assert Image.open is wrapper  # and the other library's replacement is left in place

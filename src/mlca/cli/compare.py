@@ -66,6 +66,8 @@ def add_parser(subparsers, name: str = "compare", help: str = "") -> argparse.Ar
     p.add_argument("--out", default=str(d.out), help="output folder (default %(default)s)")
     p.add_argument("--baseline", default=d.baseline, help="attention the others are tested against (default %(default)s)")
     p.add_argument("--width", type=float, default=d.width, help="MAY width multiplier (default %(default)s)")
+    p.add_argument("--head", choices=("yolov5", "yolov8"), default=d.head,
+                   help="MAY's detection head: yolov5 = the paper's anchor-based head, yolov8 = anchor-free (default %(default)s)")
     p.add_argument("--max-train-images", type=_positive_int, default=None, help="train on the first N training images only")
     p.add_argument("--max-val-images", type=_positive_int, default=None, help="evaluate on the first N validation images only")
     p.add_argument("--cam", action="store_true", help="also write EigenCAM heatmaps and MLCA attention maps")
@@ -84,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     fields = dict(
         data=args.data, seeds=args.seeds, epochs=args.epochs,
         img_size=args.img_size, batch_size=args.batch_size, workers=args.workers, device=args.device,
-        out=args.out, baseline=args.baseline, width=args.width, max_train_images=args.max_train_images,
+        out=args.out, baseline=args.baseline, width=args.width, head=args.head, max_train_images=args.max_train_images,
         max_val_images=args.max_val_images, cam=args.cam, cam_images=args.cam_images,
         latency_rounds=args.latency_rounds, gpus=args.gpus,
     )

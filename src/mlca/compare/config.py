@@ -35,6 +35,7 @@ class CompareConfig:
     out: Path = Path("runs/compare")
     baseline: str = "none"
     width: float = 1.0
+    head: str = "yolov5"  # MAY's detection head: yolov5 (the paper's) or yolov8 (anchor-free)
     max_train_images: int | None = None
     max_val_images: int | None = None
     cam: bool = False
@@ -45,7 +46,7 @@ class CompareConfig:
     attention_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     preset: str | None = None  # the --preset these attentions and settings came from (a record only)
 
-    RUN_KEYS = ("data", "epochs", "img_size", "batch_size", "width", "max_train_images", "max_val_images")
+    RUN_KEYS = ("data", "epochs", "img_size", "batch_size", "width", "head", "max_train_images", "max_val_images")
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -63,6 +64,8 @@ class CompareConfig:
             raise ValueError(f"compare: --seeds must be >= 1, got {self.seeds}")
         if self.epochs < 1:
             raise ValueError(f"compare: --epochs must be >= 1, got {self.epochs}")
+        if self.head not in ("yolov5", "yolov8"):
+            raise ValueError(f"compare: --head must be yolov5 or yolov8, got {self.head!r}")
         if self.img_size < 32 or self.img_size % 32:
             raise ValueError(f"compare: --img-size must be a multiple of 32 (MAY's largest stride), got {self.img_size}")
         self.attention_kwargs = {k: dict(v) for k, v in (self.attention_kwargs or {}).items()}
@@ -95,6 +98,8 @@ class CompareConfig:
         reused for reduction 32, while spelling out a default changes nothing.
         """
         out = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items() if k in self.RUN_KEYS}
+        if out.get("head") == "yolov5":
+            del out["head"]  # the paper's head, as every run recorded before the head was a choice
         if attention is not None:
             changed = non_default_kwargs(attention, self.kwargs_of(attention))
             if changed:

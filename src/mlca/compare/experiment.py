@@ -80,7 +80,7 @@ def run_compare(cfg: CompareConfig, train_fn: Callable | None = None, log: Calla
     from mlca.models.may import build_may
 
     models = {
-        a: build_may(attention=a, num_classes=nc, width=cfg.width, attention_kwargs=cfg.kwargs_of(a))
+        a: build_may(attention=a, num_classes=nc, width=cfg.width, head=cfg.head, attention_kwargs=cfg.kwargs_of(a))
         for a in cfg.attentions
     }
     params = {a: count_params(m) for a, m in models.items()}
@@ -98,7 +98,7 @@ def run_compare(cfg: CompareConfig, train_fn: Callable | None = None, log: Calla
     trained = [r for r in runs if not r.reused]
     footer = [
         f"Settings: {f'preset={cfg.preset}, ' if cfg.preset else ''}data={cfg.data}, epochs={cfg.epochs}, img_size={cfg.img_size}, batch_size={cfg.batch_size}, "
-        f"seeds={cfg.seeds}, width={cfg.width}"
+        f"seeds={cfg.seeds}, width={cfg.width}, head={cfg.head}"
         + (f", max_train_images={cfg.max_train_images}" if cfg.max_train_images else "")
         + (f", max_val_images={cfg.max_val_images}" if cfg.max_val_images else "")
         + ".",

@@ -77,6 +77,7 @@ def _train_config(cfg: CompareConfig, spec: RunSpec, resume: bool, device: str):
         attention=spec.attention,
         attention_kwargs=cfg.kwargs_of(spec.attention),
         width=cfg.width,
+        head=cfg.head,
         epochs=cfg.epochs,
         img_size=cfg.img_size,
         batch_size=cfg.batch_size,

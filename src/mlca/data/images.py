@@ -37,6 +37,33 @@ _EXIF_ORIENTATION = 0x0112
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError)
 
 
+def _open(fp):
+    """PIL's own ``Image.open``, also after another library replaced it.
+
+    Ultralytics swaps ``PIL.Image.open`` for a wrapper that, on an unidentified file, tries to
+    install and import a HEIF plugin (a network request, then ``ModuleNotFoundError``) instead
+    of raising PIL's error. Reading with the original keeps a corrupt image a named
+    :class:`DataError` in any process that has imported ultralytics.
+    """
+    fn = Image.open
+    for _ in range(4):  # wrappers of wrappers
+        if getattr(fn, "__module__", None) == Image.__name__:
+            return fn(fp)
+        around = []
+        for cell in getattr(fn, "__closure__", None) or ():
+            try:
+                around.append(cell.cell_contents)
+            except ValueError:  # an empty cell
+                pass
+        around += list(getattr(fn, "__globals__", {}).values())  # where ultralytics keeps the original
+        inner = [v for v in around
+                 if callable(v) and getattr(v, "__module__", None) == Image.__name__ and getattr(v, "__name__", None) == "open"]
+        if not inner:
+            break
+        fn = inner[0]
+    return Image.open(fp)
+
+
 def jpeg_damage(data: bytes) -> str | None:
     """How a JPEG's end is damaged: ``None`` (ends with its end-of-image marker), or a description.
 
@@ -82,7 +109,7 @@ def probe_image(path: Path) -> tuple[int, int]:
     if not path.is_file():
         raise DataError(path, "image file not found")
     try:
-        with Image.open(path) as im:
+        with _open(path) as im:
             w, h = im.size
             fmt = im.format
             orientation = _orientation(im)
@@ -99,7 +126,7 @@ def probe_image(path: Path) -> tuple[int, int]:
             data = path.read_bytes()
             damage = jpeg_damage(data)
             try:
-                with Image.open(io.BytesIO(_decodable_bytes(data))) as im:
+                with _open(io.BytesIO(_decodable_bytes(data))) as im:
                     im.load()
             except _DECODE_ERRORS as e:
                 raise DataError(path, f"corrupt JPEG, {damage}, and it does not decode ({e})") from None
@@ -115,7 +142,7 @@ def load_image(path: Path) -> np.ndarray:
     except FileNotFoundError:
         raise DataError(path, "image file not found") from None
     try:
-        with Image.open(io.BytesIO(_decodable_bytes(data))) as im:
+        with _open(io.BytesIO(_decodable_bytes(data))) as im:
             orientation = _orientation(im)  # before load(), to agree with probe_image
             im.load()
             if orientation != 1:
