@@ -5,12 +5,12 @@ from the module definitions) and along the path CompareConfig -> TrainConfig -> 
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 from torch import nn
 
 import mlca.attention  # noqa: F401  (registers the zoo)
+from _may_counts import eca_kernel, official_may_params
 from mlca.attention.registry import create_attention, get_attention_class
 from mlca.cli import main
 from mlca.compare.config import CompareConfig, non_default_kwargs
@@ -24,46 +24,18 @@ SLOTS = [16, 96, 240, 240, 120, 144, 288, 576, 576]
 PAPER = ["none", "se", "eca", "cbam", "ca", "mlca"]
 
 
-def _eca_k(c: int) -> int:
-    """ECA's rule with gamma 2, b 1: t = int(|log2 C + 1| / 2), made odd upwards."""
-    t = int(abs(math.log2(c) + 1) / 2)
-    return t if t % 2 else t + 1
-
-
-def _base_params(nc: int = 20) -> int:
-    """MAY without attention (mobilenetv3-SEOFF.yaml), counted from its layer list: conv
-    weights + BN weight/bias; the Detect convs have biases."""
-
-    def conv_bn(c1, c2, k=1, g=1):
-        return c1 // g * c2 * k * k + 2 * c2
-
-    def c3(c1, c2):
-        h = c2 // 2
-        return 2 * conv_bn(c1, h) + conv_bn(2 * h, c2) + conv_bn(h, h) + conv_bn(h, h, 3)
-
-    table = [(16, 16, 3), (24, 72, 3), (24, 88, 3), (40, 96, 5), (40, 240, 5), (40, 240, 5),
-             (48, 120, 5), (48, 144, 5), (96, 288, 5), (96, 576, 5), (96, 576, 5)]
-    n, c = conv_bn(3, 16, 3), 16
-    for out, hid, k in table:
-        n += (0 if hid == c else conv_bn(c, hid)) + conv_bn(hid, hid, k, hid) + conv_bn(hid, out)
-        c = out
-    n += conv_bn(96, 256) + c3(256 + 48, 256) + conv_bn(256, 128) + c3(128 + 24, 128)
-    n += conv_bn(128, 128, 3) + c3(256, 256) + conv_bn(256, 256, 3) + c3(512, 512)
-    return n + sum(ch * 3 * (nc + 5) + 3 * (nc + 5) for ch in (128, 256, 512))
-
-
 # parameters of one attention module on C channels with the paper's settings, from the
 # definitions of the zoo modules (docstrings of se.py, eca.py, cbam.py, coord.py, mlca.py)
 SLOT_PARAMS = {
     "none": lambda c: 0,
     # two 1x1 convs with bias, C -> C // 4 -> C
     "se": lambda c: 2 * c * (c // 4) + c // 4 + c,
-    "eca": lambda c: _eca_k(c),
+    "eca": lambda c: eca_kernel(c),
     # shared MLP C -> C // 16 -> C with biases, 7x7 conv 2 -> 1 with bias
     "cbam": lambda c: 2 * c * max(1, c // 16) + max(1, c // 16) + c + 2 * 49 + 1,
     # mip = max(8, C // 16): conv C -> mip (bias), BN(mip), two convs mip -> C (bias)
     "ca": lambda c: c * max(8, c // 16) + max(8, c // 16) + 2 * max(8, c // 16) + 2 * (max(8, c // 16) * c + c),
-    "mlca": lambda c: 2 * _eca_k(c),
+    "mlca": lambda c: 2 * eca_kernel(c),
 }
 
 
@@ -96,15 +68,15 @@ def test_paper_models_have_the_official_settings_and_param_counts(att, tmp_path)
         if att == "se":  # SELayer(C, reduction=4): no rounding to a multiple of 8
             assert m.rd_channels == c // 4 and isinstance(m.act, nn.ReLU) and isinstance(m.gate, nn.Hardsigmoid)
         elif att == "eca":
-            assert m.kernel_size == _eca_k(c)
+            assert m.kernel_size == eca_kernel(c)
         elif att == "cbam":
             assert m.fc1.out_features == max(1, c // 16) and m.spatial.kernel_size == (7, 7)
         elif att == "ca":  # CA(C, C, 16): mip = max(8, C // 16), h-swish
             assert m.mip == max(8, c // 16) and isinstance(m.act, nn.Hardswish)
         elif att == "mlca":
-            assert m.local_size == 5 and m.local_weight == 0.5 and m.conv.kernel_size[0] == _eca_k(c)
-            assert m.conv_local.kernel_size[0] == _eca_k(c)
-    expected = _base_params() + sum(SLOT_PARAMS[att](c) for c in SLOTS)
+            assert m.local_size == 5 and m.local_weight == 0.5 and m.conv.kernel_size[0] == eca_kernel(c)
+            assert m.conv_local.kernel_size[0] == eca_kernel(c)
+    expected = official_may_params() + sum(SLOT_PARAMS[att](c) for c in SLOTS)
     assert sum(p.numel() for p in model.parameters()) == expected
 
 
@@ -112,7 +84,7 @@ def test_the_baseline_is_the_backbone_with_every_slot_off(tmp_path):
     model = _paper_model("none", tmp_path)
     slots = _slots(model, "none")
     assert len(slots) == 9 and all(sum(p.numel() for p in m.parameters()) == 0 for m in slots)
-    assert sum(p.numel() for p in model.parameters()) == _base_params()
+    assert sum(p.numel() for p in model.parameters()) == official_may_params()
 
 
 @pytest.mark.parametrize("att, c", [("eca", 576), ("cbam", 240), ("mlca", 288), ("none", 96)])

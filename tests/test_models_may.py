@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mlca.attention  # noqa: F401  (registers the zoo)
+from _may_counts import eca_kernel, official_may_params
 from mlca.attention import list_attentions
 from mlca.models import build_may, build_may_from_yaml, model_info
 from mlca.models.head import DEFAULT_ANCHORS
@@ -82,41 +83,9 @@ def test_attention_sits_in_the_marked_blocks_on_expanded_channels():
 # ---------------------------------------------------------------- parameters and FLOPs
 
 
-def _official_param_count(nc: int = 20) -> int:
-    """Parameters of the official mobilenetv3-MLCA.yaml without attention, counted by hand
-    from its layer list (conv weights + BN weight/bias; Detect convs have biases)."""
-
-    def conv_bn(c1, c2, k=1, g=1):
-        return c1 // g * c2 * k * k + 2 * c2
-
-    def mbv3(c1, c2, hid, k):
-        n = 0 if hid == c1 else conv_bn(c1, hid)
-        return n + conv_bn(hid, hid, k, hid) + conv_bn(hid, c2)
-
-    def c3(c1, c2):
-        h = c2 // 2
-        return 2 * conv_bn(c1, h) + conv_bn(2 * h, c2) + conv_bn(h, h) + conv_bn(h, h, 3)
-
-    table = [(16, 16, 3), (24, 72, 3), (24, 88, 3), (40, 96, 5), (40, 240, 5), (40, 240, 5),
-             (48, 120, 5), (48, 144, 5), (96, 288, 5), (96, 576, 5), (96, 576, 5)]
-    n, c = conv_bn(3, 16, 3), 16
-    for out, hid, k in table:
-        n += mbv3(c, out, hid, k)
-        c = out
-    n += conv_bn(96, 256) + c3(256 + 48, 256) + conv_bn(256, 128) + c3(128 + 24, 128)
-    n += conv_bn(128, 128, 3) + c3(128 + 128, 256) + conv_bn(256, 256, 3) + c3(256 + 256, 512)
-    n += sum(ch * 3 * (nc + 5) + 3 * (nc + 5) for ch in (128, 256, 512))
-    return n
-
-
 def test_param_count_matches_the_official_layer_list():
     model = build_may("none", num_classes=20)
-    assert sum(p.numel() for p in model.parameters()) == _official_param_count(20)
-
-
-def _eca_kernel(c: int) -> int:
-    t = int(abs(math.log(c, 2) + 1) / 2)
-    return t if t % 2 else t + 1
+    assert sum(p.numel() for p in model.parameters()) == official_may_params(20)
 
 
 @pytest.mark.skipif("mlca" not in list_attentions(), reason="the mlca layer is not registered yet")
@@ -124,14 +93,14 @@ def test_may_mlca_param_count_is_the_papers_3_14_million():
     model = build_may("mlca", num_classes=20)
     params = sum(p.numel() for p in model.parameters())
     hidden = [16, 96, 240, 240, 120, 144, 288, 576, 576]  # expanded channels of the marked blocks
-    assert params == _official_param_count(20) + sum(2 * _eca_kernel(c) for c in hidden)
+    assert params == official_may_params(20) + sum(2 * eca_kernel(c) for c in hidden)
     assert abs(params - 3.14e6) / 3.14e6 < 0.01
 
 
 def test_model_info_counts_conv_flops_like_the_definition():
     model = build_may("none", num_classes=20)
     info = model_info(model, 640)
-    assert info["params"] == _official_param_count(20)
+    assert info["params"] == official_may_params(20)
     # 2 x MACs of every conv; the paper's 6.1 GFLOPs also counts BN (thop): see docs/may.md
     assert 5.9 < info["gflops"] < 6.1
     # FLOPs of convolutions scale with the number of pixels

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .embedded import _background, _Canvas, _clutter, _hsv, _mask, _place, _polygon, _random_colour, _texture
+from .embedded_draw import _background, _Canvas, _clutter, _hsv, _mask, _place, _polygon, _random_colour, _texture
 
 __all__ = ["NAMES", "VERSION", "N_TRAIN", "N_VAL", "render_dense_image"]
 
@@ -100,7 +100,7 @@ def render_dense_image(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray
 
 
 class _SubCanvas:
-    """A rectangle of a :class:`~mlca.data.embedded._Canvas` that ``_place`` can draw into:
+    """A rectangle of a :class:`~mlca.data.embedded_draw._Canvas` that ``_place`` can draw into:
     positions are drawn inside it, pixels and ownership are the parent's."""
 
     def __init__(self, parent: _Canvas, x0: int, y0: int, x1: int, y1: int) -> None:

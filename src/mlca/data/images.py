@@ -37,31 +37,42 @@ _EXIF_ORIENTATION = 0x0112
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError)
 
 
-def _open(fp):
-    """PIL's own ``Image.open``, also after another library replaced it.
+def _is_pil_open(fn) -> bool:
+    return getattr(fn, "__module__", None) == Image.__name__ and getattr(fn, "__name__", None) == "open"
+
+
+def _pil_open():
+    """PIL's own ``Image.open``, also after other libraries replaced it, or None if it is not found.
 
     Ultralytics swaps ``PIL.Image.open`` for a wrapper that, on an unidentified file, tries to
     install and import a HEIF plugin (a network request, then ``ModuleNotFoundError``) instead
-    of raising PIL's error. Reading with the original keeps a corrupt image a named
-    :class:`DataError` in any process that has imported ultralytics.
+    of raising PIL's error. The original is found where wrappers keep it: in their closures or,
+    for functions whose name says "open", in their module's globals (a few levels deep).
     """
-    fn = Image.open
-    for _ in range(4):  # wrappers of wrappers
-        if getattr(fn, "__module__", None) == Image.__name__:
-            return fn(fp)
-        around = []
-        for cell in getattr(fn, "__closure__", None) or ():
-            try:
-                around.append(cell.cell_contents)
-            except ValueError:  # an empty cell
-                pass
-        around += list(getattr(fn, "__globals__", {}).values())  # where ultralytics keeps the original
-        inner = [v for v in around
-                 if callable(v) and getattr(v, "__module__", None) == Image.__name__ and getattr(v, "__name__", None) == "open"]
-        if not inner:
-            break
-        fn = inner[0]
-    return Image.open(fp)
+    seen, todo = set(), [Image.open]
+    for _ in range(4):
+        found = []
+        for fn in todo:
+            if _is_pil_open(fn):
+                return fn
+            if id(fn) in seen:
+                continue
+            seen.add(id(fn))
+            for cell in getattr(fn, "__closure__", None) or ():
+                try:
+                    found.append(cell.cell_contents)
+                except ValueError:  # an empty cell
+                    pass
+            found += [v for v in getattr(fn, "__globals__", {}).values()
+                      if callable(v) and "open" in getattr(v, "__name__", "").lower()]  # fmt: skip
+        todo = [f for f in found if callable(f)]
+    return None
+
+
+def _open(fp):
+    """``Image.open`` as PIL defines it (see :func:`_pil_open`), so a corrupt image stays a named
+    :class:`DataError` in a process that has imported ultralytics."""
+    return (_pil_open() or Image.open)(fp)
 
 
 def jpeg_damage(data: bytes) -> str | None:
