@@ -332,3 +332,15 @@ def test_loss_geometry_agrees_with_may_decoding():
     order = det[:, 5].argsort(descending=True)
     torch.testing.assert_close(det[order, :4], expected, rtol=0, atol=1e-3)
     assert det[order, 5].tolist() == [2.0, 0.0]
+
+
+def test_ciou_gradient_is_finite_for_a_box_of_zero_height_or_width():
+    """A predicted box whose height or width underflowed to 0 keeps finite gradients (a
+    division without epsilon in the aspect term turns them into NaN)."""
+    pred = torch.tensor([[1.0, 1.0, 3.0, 1.0], [2.0, 2.0, 2.0, 5.0], [0.0, 0.0, 0.0, 0.0]], requires_grad=True)
+    gt = torch.tensor([[1.0, 1.0, 3.0, 2.5], [1.5, 2.0, 3.0, 4.0], [0.5, 0.5, 2.0, 1.0]])
+    c = bbox_ciou(pred, gt)
+    c.sum().backward()
+    assert torch.isfinite(c).all() and torch.isfinite(pred.grad).all()
+    ref = _ref_ciou(np.array([[1, 1, 3, 1 + 1e-3]], float), gt[:1].double().numpy())  # the limit h -> 0
+    assert abs(float(c[0]) - float(ref[0])) < 1e-3

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import complete_box_iou_loss
+from torchvision.ops import distance_box_iou_loss
 
 from mlca.engine.unwrap import unwrap
 
@@ -239,13 +239,27 @@ class YoloLoss:
         return tcls, tbox, indices
 
 
-def bbox_ciou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+def bbox_ciou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tensor:
     """Complete IoU (Zheng et al. 2020) of paired boxes: (M, 4), (M, 4) xyxy -> (M,).
 
-    ``IoU - rho^2 / c^2 - alpha * v`` with ``alpha`` treated as a constant in backward, as
-    the paper prescribes; torchvision's loss is ``1 - CIoU``.
+    ``IoU - rho^2 / c^2 - alpha * v``, with ``v = 4 / pi^2 (atan(w_gt / h_gt) - atan(w / h))^2``
+    and ``alpha = v / (1 - IoU + v)`` treated as a constant in backward, as the paper
+    prescribes. The distance part is torchvision's DIoU; the aspect term is computed here with
+    ``eps`` in both divisions, because torchvision's CIoU divides by the heights as they are: a
+    predicted box whose height has underflowed to 0 (the sigmoid of a very negative logit)
+    then gives a NaN gradient, which poisons every weight at the next step.
     """
-    return 1.0 - complete_box_iou_loss(boxes1, boxes2)
+    diou = 1.0 - distance_box_iou_loss(boxes1, boxes2, eps=eps)
+    w1, h1 = boxes1[:, 2] - boxes1[:, 0], boxes1[:, 3] - boxes1[:, 1]
+    w2, h2 = boxes2[:, 2] - boxes2[:, 0], boxes2[:, 3] - boxes2[:, 1]
+    v = (4 / torch.pi**2) * (torch.atan(w2 / (h2 + eps)) - torch.atan(w1 / (h1 + eps))) ** 2
+    with torch.no_grad():
+        lt = torch.maximum(boxes1[:, :2], boxes2[:, :2])
+        rb = torch.minimum(boxes1[:, 2:], boxes2[:, 2:])
+        inter = (rb - lt).clamp(min=0).prod(1)
+        iou = inter / (w1 * h1 + w2 * h2 - inter + eps)
+        alpha = v / (1 - iou + v + eps)
+    return diou - alpha * v
 
 
 def _cxcywh_to_xyxy(xy: Tensor, wh: Tensor) -> Tensor:
