@@ -106,7 +106,12 @@ def _train_ultralytics(spec: dict, run_dir: Path) -> dict:
     from mlca.ultralytics import offline
 
     offline()
+    import ultralytics.utils.torch_utils as ultralytics_torch_utils
     from ultralytics import YOLO
+
+    # ultralytics' CPU training resets torch to min(8, cpu_count - 1) threads (1 on 2 cores);
+    # every run of the table gets the same thread count instead
+    ultralytics_torch_utils.NUM_THREADS = spec["threads"]
 
     from mlca.engine.metrics import ImageGT, coco_map
 

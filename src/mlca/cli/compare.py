@@ -66,6 +66,13 @@ def add_parser(subparsers, name: str = "compare", help: str = "") -> argparse.Ar
     p.add_argument("--out", default=str(d.out), help="output folder (default %(default)s)")
     p.add_argument("--baseline", default=d.baseline, help="attention the others are tested against (default %(default)s)")
     p.add_argument("--width", type=float, default=d.width, help="MAY width multiplier (default %(default)s)")
+    p.add_argument("--detector", default=d.detector,
+                   help="may (default), an ultralytics model (yolo11n, yolov8n, yolo11s, ...) or an ultralytics "
+                        "model YAML: the attentions go into it and ultralytics trains and validates it "
+                        '(needs pip install "mlca[ultralytics]")')
+    p.add_argument("--where", choices=("backbone", "neck"), default=d.where,
+                   help="ultralytics detectors: the attention after each backbone C3k2/C2f stage, or on each "
+                        "Detect input (default %(default)s)")
     p.add_argument("--head", choices=("yolov5", "yolov8"), default=d.head,
                    help="MAY's detection head: yolov5 = the paper's anchor-based head, yolov8 = anchor-free (default %(default)s)")
     p.add_argument("--max-train-images", type=_positive_int, default=None, help="train on the first N training images only")
@@ -86,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     fields = dict(
         data=args.data, seeds=args.seeds, epochs=args.epochs,
         img_size=args.img_size, batch_size=args.batch_size, workers=args.workers, device=args.device,
-        out=args.out, baseline=args.baseline, width=args.width, head=args.head, max_train_images=args.max_train_images,
+        out=args.out, baseline=args.baseline, width=args.width, head=args.head, detector=args.detector, where=args.where, max_train_images=args.max_train_images,
         max_val_images=args.max_val_images, cam=args.cam, cam_images=args.cam_images,
         latency_rounds=args.latency_rounds, gpus=args.gpus,
     )
@@ -97,7 +104,11 @@ def run(args: argparse.Namespace) -> int:
             attentions = args.attentions if args.attentions is not None else list(DEFAULT_ATTENTIONS)
             cfg = CompareConfig(attentions=attentions, attention_kwargs=kwargs, **fields)
         check_attentions(cfg.attentions, cfg.attention_kwargs)
-    except (ValueError, KeyError, TypeError) as e:
+        if cfg.detector != "may":
+            from mlca.compare.ultralytics_run import import_ultralytics
+
+            import_ultralytics()
+    except (ValueError, KeyError, TypeError, ImportError) as e:
         print(f"mlca compare: error: {e.args[0] if e.args else e}")
         return 2
     run_compare(cfg)

@@ -36,6 +36,9 @@ class CompareConfig:
     baseline: str = "none"
     width: float = 1.0
     head: str = "yolov5"  # MAY's detection head: yolov5 (the paper's) or yolov8 (anchor-free)
+    # the detector the attentions go into: "may", an ultralytics model (yolo11n, yolov8n...) or its YAML
+    detector: str = "may"
+    where: str = "backbone"  # ultralytics detectors: after each backbone stage, or "neck" (each Detect input)
     max_train_images: int | None = None
     max_val_images: int | None = None
     cam: bool = False
@@ -66,6 +69,9 @@ class CompareConfig:
             raise ValueError(f"compare: --epochs must be >= 1, got {self.epochs}")
         if self.head not in ("yolov5", "yolov8"):
             raise ValueError(f"compare: --head must be yolov5 or yolov8, got {self.head!r}")
+        from .detectors import check_detector
+
+        check_detector(self)
         if self.img_size < 32 or self.img_size % 32:
             raise ValueError(f"compare: --img-size must be a multiple of 32 (MAY's largest stride), got {self.img_size}")
         self.attention_kwargs = {k: dict(v) for k, v in (self.attention_kwargs or {}).items()}
@@ -100,6 +106,11 @@ class CompareConfig:
         out = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items() if k in self.RUN_KEYS}
         if out.get("head") == "yolov5":
             del out["head"]  # the paper's head, as every run recorded before the head was a choice
+        if self.detector != "may":
+            from .detectors import detector_identity
+
+            out.pop("head", None)
+            out.update(detector_identity(self))
         if attention is not None:
             changed = non_default_kwargs(attention, self.kwargs_of(attention))
             if changed:

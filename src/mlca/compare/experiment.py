@@ -14,6 +14,7 @@ import torch
 
 from .config import CompareConfig
 from .cost import count_params, gflops
+from .detectors import build_model, is_ultralytics
 from .latency import available_devices, measure_latency
 from .report import ResultRow, build_rows, markdown_table, write_results_csv, write_runs_csv
 from .runner import RunOutcome, run_all
@@ -71,18 +72,17 @@ def run_compare(cfg: CompareConfig, train_fn: Callable | None = None, log: Calla
     t0 = time.perf_counter()
     check_attentions(cfg.attentions, cfg.attention_kwargs)
     nc = _num_classes(cfg.data)  # a bad --data fails here, before hours of training
+    if is_ultralytics(cfg.detector):
+        from .ultralytics_run import import_ultralytics
+
+        import_ultralytics()  # missing: the error names the extra to install, before any run
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
     runs = run_all(cfg, train_fn=train_fn, log=log)
 
-    from mlca.models.may import build_may
-
-    models = {
-        a: build_may(attention=a, num_classes=nc, width=cfg.width, head=cfg.head, attention_kwargs=cfg.kwargs_of(a))
-        for a in cfg.attentions
-    }
+    models = {a: build_model(cfg, a, nc) for a in cfg.attentions}
     params = {a: count_params(m) for a, m in models.items()}
     flops = {a: gflops(m, cfg.img_size) for a, m in models.items()}
     log(f"compare: timing batch-1 inference of {len(models)} models on {', '.join(available_devices())}")
@@ -98,7 +98,9 @@ def run_compare(cfg: CompareConfig, train_fn: Callable | None = None, log: Calla
     trained = [r for r in runs if not r.reused]
     footer = [
         f"Settings: {f'preset={cfg.preset}, ' if cfg.preset else ''}data={cfg.data}, epochs={cfg.epochs}, img_size={cfg.img_size}, batch_size={cfg.batch_size}, "
-        f"seeds={cfg.seeds}, width={cfg.width}, head={cfg.head}"
+        f"seeds={cfg.seeds}, "
+        + (f"detector={cfg.detector} (trained and validated by ultralytics, attention where={cfg.where})"
+           if is_ultralytics(cfg.detector) else f"width={cfg.width}, head={cfg.head}")
         + (f", max_train_images={cfg.max_train_images}" if cfg.max_train_images else "")
         + (f", max_val_images={cfg.max_val_images}" if cfg.max_val_images else "")
         + ".",
@@ -111,8 +113,10 @@ def run_compare(cfg: CompareConfig, train_fn: Callable | None = None, log: Calla
 
     from .plots import plot_curves, plot_map_vs
 
-    files["mAP-vs-latency.png"] = plot_map_vs(rows, "latency", out / "mAP-vs-latency.png", title=f"MAY on {cfg.data} @ {cfg.img_size}")
-    files["mAP-vs-params.png"] = plot_map_vs(rows, "params", out / "mAP-vs-params.png", title=f"MAY on {cfg.data} @ {cfg.img_size}")
+    name = cfg.detector if is_ultralytics(cfg.detector) else "MAY"
+
+    files["mAP-vs-latency.png"] = plot_map_vs(rows, "latency", out / "mAP-vs-latency.png", title=f"{name} on {cfg.data} @ {cfg.img_size}")
+    files["mAP-vs-params.png"] = plot_map_vs(rows, "params", out / "mAP-vs-params.png", title=f"{name} on {cfg.data} @ {cfg.img_size}")
     files["curves.png"] = plot_curves(runs, cfg.attentions, out / "curves.png")
 
     if cfg.cam:

@@ -15,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .columns import map_columns, normalise  # noqa: E402
 from .report import ResultRow  # noqa: E402
 from .runner import RunOutcome  # noqa: E402
 
@@ -80,7 +81,7 @@ def read_run_csv(path: Path) -> dict[str, list[float]]:
 
 
 def _pick(cols: dict[str, list[float]], *candidates: str) -> str | None:
-    norm = {k.lower().replace("val/", "").replace("metrics/", ""): k for k in cols}
+    norm = {normalise(k): k for k in cols}
     for c in candidates:
         if c.lower() in norm:
             return norm[c.lower()]
@@ -110,8 +111,7 @@ def plot_curves(outcomes: Sequence[RunOutcome], attentions: Sequence[str], path:
         if loss_cols:
             total = [sum(vals) for vals in zip(*(cols[k] for k in loss_cols))]
             axes[0].plot(ep[: len(total)], total, label=label, **style)
-        for ax, (key, _) in zip(axes[1:], _METRICS):
-            k = _pick(cols, key, "mAP50" if key == "map50" else "mAP")
+        for ax, k in zip(axes[1:], map_columns(cols)):
             if k:
                 ax.plot(ep[: len(cols[k])], cols[k], label=label, **style)
     for ax, title in zip(axes, ["train loss (sum of terms)", "val mAP@0.5", "val mAP@0.5:0.95"]):

@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from .columns import map_columns
 from .config import CompareConfig
+from .detectors import is_ultralytics
 
 __all__ = ["RunSpec", "RunOutcome", "run_dir", "run_one", "run_all", "plan_runs", "DONE_FILE"]
 
@@ -109,8 +111,7 @@ def _read_epoch_maps(csv_path: Path) -> list[tuple[float, float]]:
     out = []
     for row in rows:
         row = {k.strip(): v for k, v in row.items() if k}
-        k50 = next((k for k in row if k.replace("val/", "").replace("metrics/", "") in ("map50", "mAP50", "mAP_0.5")), None)
-        k = next((k for k in row if k.replace("val/", "").replace("metrics/", "") in ("map", "mAP", "mAP_0.5:0.95")), None)
+        k50, k = map_columns(row)
         if k50 and k:
             out.append((float(row[k50]), float(row[k])))
     return out
@@ -145,12 +146,18 @@ def run_one(cfg: CompareConfig, spec: RunSpec, train_fn: Callable | None = None,
     marker = d / DONE_FILE
     if marker.is_file():
         return _load_done(cfg, spec, marker)
-    if train_fn is None:
-        from mlca.engine.train import train as train_fn
     resume = (d / "weights" / "last.pt").is_file()
     d.mkdir(parents=True, exist_ok=True)
+    dev = cfg.device if device is None else device
     t0 = time.perf_counter()
-    result = train_fn(_train_config(cfg, spec, resume=resume, device=cfg.device if device is None else device))
+    if train_fn is None and is_ultralytics(cfg.detector):
+        from .ultralytics_run import train_run
+
+        result = train_run(cfg, spec, d, resume=resume, device=dev)
+    else:
+        if train_fn is None:
+            from mlca.engine.train import train as train_fn
+        result = train_fn(_train_config(cfg, spec, resume=resume, device=dev))
     elapsed = time.perf_counter() - t0
     maps = _read_epoch_maps(Path(result.run_dir) / "results.csv")
     if not maps:

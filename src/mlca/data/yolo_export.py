@@ -50,6 +50,7 @@ def export_yolo(
     splits: tuple[str, ...] | None = None,
     link: bool = False,
     overwrite: bool = False,
+    limits: dict[str, int] | None = None,
 ) -> Path:
     """Write ``data`` (anything :func:`load_dataset_config` takes) as a YOLO dataset in ``out``.
 
@@ -57,6 +58,8 @@ def export_yolo(
         splits: the splits to write (default: train, val, and test when the config has one).
         link: hard-link the images instead of copying them (falls back to a copy).
         overwrite: replace an existing non-empty ``out``.
+        limits: split -> N: write only the first N images of that split (as ``--max-train-images``
+            and ``--max-val-images`` read them).
 
     Returns:
         the written ``out/data.yaml``.
@@ -70,7 +73,7 @@ def export_yolo(
         raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True / --overwrite to replace it)")
     if splits is None:
         splits = ("train", "val") + (("test",) if cfg.test not in (None, "", []) else ())
-    records = {split: read_records(cfg, split) for split in splits}
+    records = {split: read_records(cfg, split)[: (limits or {}).get(split)] for split in splits}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
