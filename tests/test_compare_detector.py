@@ -102,3 +102,11 @@ def test_compare_yolo11n_end_to_end_then_reuses_its_runs(tmp_path, capsys):
     finally:
         torch.set_num_threads(threads)
     assert "0 run(s) trained, 2 reused" in capsys.readouterr().out
+
+
+def test_the_offline_environment_set_before_import_is_the_one_offline_sets():
+    pytest.importorskip("_ultralytics_env")
+    from mlca.extras import ULTRALYTICS_OFFLINE_ENV
+    from mlca.ultralytics.offline import OFFLINE_ENV
+
+    assert ULTRALYTICS_OFFLINE_ENV == OFFLINE_ENV

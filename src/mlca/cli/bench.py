@@ -31,6 +31,11 @@ def add_parser(subparsers, name: str = "bench", help: str | None = None) -> argp
     p.add_argument("--width", type=float, default=1.0, help="MAY width multiplier")
     p.add_argument("--head", choices=("yolov5", "yolov8"), default="yolov5",
                    help="detection head: yolov5 = the paper's anchor-based head, yolov8 = anchor-free decoupled")
+    p.add_argument("--detector", default="may",
+                   help='may, or an ultralytics model (yolo11n, yolov8n, ..., a model YAML; needs pip install "mlca[ultralytics]"): '
+                        "each attention placed in it by mlca.ultralytics.yaml_with_attention, conv+BN fused as ultralytics infers")
+    p.add_argument("--where", choices=("backbone", "neck"), default="backbone",
+                   help="ultralytics detectors: after each backbone C3k2/C2f stage, or on each Detect input")
     p.add_argument("--baseline", default="eca", help="attention the eager column is compared with")
     p.add_argument("--quick", action="store_true",
                    help="none, eca, mlca at 320 and batch 1, 5 repetitions (a minute or two)")
@@ -41,6 +46,20 @@ def add_parser(subparsers, name: str = "bench", help: str | None = None) -> argp
 
 def _ints(text: str) -> list[int]:
     return [int(t) for t in text.split(",") if t.strip()]
+
+
+def _cost_table(args: argparse.Namespace, attentions: list[str]) -> str:
+    """Parameters and GFLOPs (torch.utils.flop_counter, batch 1) of each benchmarked model."""
+    from mlca.compare.cost import count_params, gflops
+    from mlca.deploy.detectors import build_detector
+
+    size = _ints(args.sizes)[0] if not args.quick else 320
+    fused = ", conv+BN fused" if args.detector != "may" else ""
+    lines = ["", f"| attention | params{fused} | GFLOPs @{size} |", "|---|---:|---:|"]
+    for att in attentions:
+        m = build_detector(args.detector, att, where=args.where, width=args.width, head=args.head)
+        lines.append(f"| {att} | {count_params(m):,} | {gflops(m, size):.3f} |")
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,16 +75,18 @@ def run(args: argparse.Namespace) -> int:
         results = bench_may(
             attentions, batches, sizes, [b.strip() for b in args.backends.split(",") if b.strip()],
             reps=reps, warmup=args.warmup, width=args.width, threads=args.threads, clock=args.clock,
-            head=args.head,
+            head=args.head, detector=args.detector, where=args.where,
             log=lambda s: print(s, file=sys.stderr),
         )
-    except (KeyError, ValueError) as e:
+    except (KeyError, ValueError, ImportError) as e:
         print(f"mlca bench: error: {e}", file=sys.stderr)
         return 1
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"MAY latency ({args.clock} clock), median of {reps} after {args.warmup} warm-up, {now}")
+    what = "MAY" if args.detector == "may" else f"{args.detector} (attention: {args.where})"
+    print(f"{what} latency ({args.clock} clock), median of {reps} after {args.warmup} warm-up, {now}")
     print(f"machine: {machine_info()}")
     print(format_table(results, args.baseline))
+    print(_cost_table(args, sorted({r.attention for r in results}, key=[r.attention for r in results].index)))
     if args.csv:
         rows = results_as_dicts(results)
         with open(args.csv, "w", newline="") as f:

@@ -29,14 +29,9 @@ class UltralyticsRun:
 
 def import_ultralytics() -> None:
     """ultralytics, offline, with mlca's attentions registered; a clear error if it is missing."""
-    try:
-        import ultralytics  # noqa: F401
-    except ImportError:
-        raise ImportError('mlca compare --detector needs ultralytics: pip install "mlca[ultralytics]"') from None
-    from mlca.ultralytics import offline, register
+    from mlca.extras import require_ultralytics
 
-    offline()
-    register()
+    require_ultralytics("mlca compare --detector")
 
 
 def _device(device: str) -> str | None:

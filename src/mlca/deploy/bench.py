@@ -71,7 +71,13 @@ def _runner(model: torch.nn.Module, backend: str, attention: str, tmp: Path, thr
 
         batch, size = shape
         path = tmp / f"may-{attention}-{backend}-{batch}x{size}.onnx"
-        if backend == "onnxruntime":
+        from .detectors import export_detector_onnx, is_ultralytics_model
+
+        if is_ultralytics_model(model):
+            if backend != "onnxruntime":
+                raise ValueError(f"{backend}: MAY only; ultralytics detectors are timed with static exports (onnxruntime)")
+            export_detector_onnx(model, path, size, batch)
+        elif backend == "onnxruntime":
             export_onnx(model, path, size, batch=batch)
         else:
             mlca = "dense" if backend == "onnxruntime-dense" else "exact"
@@ -89,10 +95,12 @@ def bench_may(
     backends: Sequence[str] = DEFAULT_BACKENDS,
     reps: int = 10,
     warmup: int = 2,
-    num_classes: int = 20,
+    num_classes: int | None = None,
     width: float = 1.0,
     threads: int | None = None,
     head: str = "yolov5",
+    detector: str = "may",
+    where: str = "backbone",
     seed: int = 0,
     clock: str = "wall",
     log: Callable[[str], None] = print,
@@ -107,14 +115,18 @@ def bench_may(
             ``"onnxruntime-dense"`` (one dynamic export, MLCA with ``mlca="dense"``).
         reps: timed repetitions per pair (the median is reported); warmup: untimed calls first.
         head: MAY's detection head, ``"yolov5"`` (the paper's) or ``"yolov8"`` (anchor-free).
+        detector: ``"may"`` or an ultralytics model (``"yolo11n"``, ``"yolov8n"``, a model YAML)
+            with the attention placed ``where`` (:mod:`mlca.deploy.detectors`).
         threads: torch and onnxruntime intra-op threads (default: torch's current setting).
         clock: ``"wall"`` (perf_counter) or ``"process"`` (this process's CPU time; needs one
             thread, and then ignores time lost to other programs on a shared machine).
     """
     from mlca.attention import list_attentions
-    from mlca.models import build_may
+
+    from .detectors import build_detector, default_num_classes
 
     attentions = list(attentions or list_attentions())
+    nc = default_num_classes(detector) if num_classes is None else num_classes
     unknown = set(backends) - set(BACKENDS)
     if unknown:
         raise ValueError(f"unknown backend(s) {sorted(unknown)}; choose from {BACKENDS}")
@@ -141,7 +153,7 @@ def bench_may(
 
         for att in attentions:
             torch.manual_seed(seed)
-            models[att] = build_may(att, num_classes=num_classes, width=width, head=head).eval()
+            models[att] = build_detector(detector, att, nc, where, width=width, head=head)
             for backend in backends:
                 if backend not in _PER_SHAPE:
                     prepare(att, backend)

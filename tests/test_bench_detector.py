@@ -1,0 +1,48 @@
+"""``mlca bench --detector``: each attention's latency inside an ultralytics YOLO, side by side.
+
+The parameter count of each benchmarked model is checked against an independent count: the
+fused base model's parameters plus the attention's own parameters at the channels of the
+stages it follows. No speed is asserted.
+"""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from _may_counts import eca_kernel
+
+ultralytics = pytest.importorskip("_ultralytics_env").ultralytics
+
+
+def test_bench_yolo11n_writes_a_row_per_attention_backend_and_batch(tmp_path, capsys):
+    from mlca.cli import main
+
+    out = tmp_path / "bench.csv"
+    rc = main(["bench", "--detector", "yolo11n", "--attentions", "none,mlca", "--backends", "eager,onnxruntime",
+               "--batches", "1", "--sizes", "64", "--reps", "1", "--warmup", "1", "--threads", "1", "--csv", str(out)])  # fmt: skip
+    assert rc == 0
+    rows = list(csv.DictReader(open(out)))
+    assert sorted((r["attention"], r["backend"], r["batch"]) for r in rows) == [
+        ("mlca", "eager", "1"), ("mlca", "onnxruntime", "1"), ("none", "eager", "1"), ("none", "onnxruntime", "1")]  # fmt: skip
+    assert all(float(r["median_ms"]) > 0 for r in rows)
+    printed = capsys.readouterr().out
+    assert "yolo11n (attention: backbone) latency" in printed
+
+    # parameters: the fused YOLO11n (80 classes) plus one MLCA (two ECA-sized 1-D kernels) after
+    # each of its four backbone C3k2 stages, whose outputs at scale n are 64, 128, 128, 256 channels
+    from ultralytics.nn.tasks import DetectionModel
+
+    base = sum(p.numel() for p in DetectionModel("yolo11n.yaml", nc=80, verbose=False).fuse(verbose=False).parameters())
+    expected = {"none": base, "mlca": base + sum(2 * eca_kernel(c) for c in (64, 128, 128, 256))}
+    for att, n in expected.items():
+        assert f"| {att} | {n:,} |" in printed, (att, n, printed[-400:])
+
+
+def test_an_unknown_detector_is_a_clear_error(capsys):
+    from mlca.cli import main
+
+    assert main(["bench", "--detector", "yolo99z", "--attentions", "none", "--backends", "eager",
+                 "--batches", "1", "--sizes", "64", "--reps", "1"]) == 1  # fmt: skip
+    assert "yolo99z" in capsys.readouterr().err
