@@ -54,10 +54,12 @@ def run_key(data: str, budget: str, model: str, seed: int, attention: str) -> st
 # ----------------------------------------------------------------------------- in the child
 
 
-def _val_records(data: str):
+def _val_set(data: str):
+    """(validation records, class names) of a dataset."""
     from mlca.data import load_dataset_config, read_records
 
-    return read_records(load_dataset_config(data), "val")
+    config = load_dataset_config(data)
+    return read_records(config, "val"), list(config.names)
 
 
 def ultralytics_dets(results) -> list:
@@ -86,7 +88,7 @@ def _train_may(spec: dict, run_dir: Path) -> dict:
                       out=run_dir, exist_ok=True)  # fmt: skip
     res = train(cfg)
     model = mlca.load_model(res.last)
-    val = DetectionDataset(_val_records(spec["data"]), spec["img_size"], augment=False)
+    val = DetectionDataset(_val_set(spec["data"])[0], spec["img_size"], augment=False)
     m = mlca.evaluate(model, val)
     return {"map50": m.map50, "map": m.map, "own_map50": res.metrics.get("map50"), "own_map": res.metrics.get("map"),
             "params": sum(p.numel() for p in model.parameters())}  # fmt: skip
@@ -103,9 +105,9 @@ def _yolo_data(data: str) -> Path:
 
 
 def _train_ultralytics(spec: dict, run_dir: Path) -> dict:
-    from mlca.ultralytics import offline
+    from mlca.extras import require_ultralytics
 
-    offline()
+    require_ultralytics("bench_recipe.py")  # offline before ultralytics' first import
     import ultralytics.utils.torch_utils as ultralytics_torch_utils
     from ultralytics import YOLO
 
@@ -122,15 +124,12 @@ def _train_ultralytics(spec: dict, run_dir: Path) -> dict:
                 pretrained=False, plots=False, verbose=False, amp=False)  # fmt: skip
     own = model.trainer.metrics if model.trainer is not None else {}
     last = YOLO(str(run_dir / "weights" / "last.pt"))
-    records = _val_records(spec["data"])
+    records, names = _val_set(spec["data"])
     results = []
     for i in range(0, len(records), 16):
         results += last.predict([str(r.image) for r in records[i : i + 16]], imgsz=spec["img_size"], conf=0.001,
                                 iou=0.7, max_det=300, device="cpu", verbose=False)  # fmt: skip
     gts = [ImageGT(r.boxes, r.labels, r.width, r.height, r.ignore, r.area) for r in records]
-    from mlca.data import load_dataset_config
-
-    names = list(load_dataset_config(spec["data"]).names)
     m = coco_map(gts, ultralytics_dets(results), names)
     return {"map50": m.map50, "map": m.map, "own_map50": float(own.get("metrics/mAP50(B)", float("nan"))),
             "own_map": float(own.get("metrics/mAP50-95(B)", float("nan"))),

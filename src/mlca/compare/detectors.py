@@ -71,15 +71,9 @@ def detector_identity(cfg: CompareConfig) -> dict:
 
 def model_yaml(cfg: CompareConfig, attention: str, folder: Path) -> str:
     """The ultralytics model YAML of ``attention`` in this comparison: the base for ``none``."""
-    base = cfg.detector if _is_yaml(cfg.detector) else f"{cfg.detector}.yaml"
-    if attention == "none":
-        return base
-    from mlca.ultralytics import yaml_with_attention
+    from mlca.deploy.detectors import detector_yaml
 
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = Path(base).stem  # keeps the scale letter ultralytics reads from the name
-    out = folder / f"{stem}-{attention}{'-neck' if cfg.where == 'neck' else ''}.yaml"
-    return str(yaml_with_attention(base, attention, cfg.where, out=out, **cfg.kwargs_of(attention)))
+    return detector_yaml(cfg.detector, attention, cfg.where, folder, **cfg.kwargs_of(attention))
 
 
 def build_model(cfg: CompareConfig, attention: str, num_classes: int) -> nn.Module:

@@ -41,7 +41,7 @@ def _is_pil_open(fn) -> bool:
     return getattr(fn, "__module__", None) == Image.__name__ and getattr(fn, "__name__", None) == "open"
 
 
-def _pil_open():
+def _find_pil_open(start):
     """PIL's own ``Image.open``, also after other libraries replaced it, or None if it is not found.
 
     Ultralytics swaps ``PIL.Image.open`` for a wrapper that, on an unidentified file, tries to
@@ -49,7 +49,7 @@ def _pil_open():
     of raising PIL's error. The original is found where wrappers keep it: in their closures or,
     for functions whose name says "open", in their module's globals (a few levels deep).
     """
-    seen, todo = set(), [Image.open]
+    seen, todo = set(), [start]
     for _ in range(4):
         found = []
         for fn in todo:
@@ -69,10 +69,18 @@ def _pil_open():
     return None
 
 
+_resolved: tuple = (None, None)  # (the Image.open last looked at, PIL's own open behind it)
+
+
 def _open(fp):
-    """``Image.open`` as PIL defines it (see :func:`_pil_open`), so a corrupt image stays a named
-    :class:`DataError` in a process that has imported ultralytics."""
-    return (_pil_open() or Image.open)(fp)
+    """``Image.open`` as PIL defines it (see :func:`_find_pil_open`), so a corrupt image stays a
+    named :class:`DataError` in a process that has imported ultralytics. The search runs once
+    per replacement of ``Image.open``, not once per image."""
+    global _resolved
+    current = Image.open
+    if _resolved[0] is not current:
+        _resolved = (current, _find_pil_open(current) or current)
+    return _resolved[1](fp)
 
 
 def jpeg_damage(data: bytes) -> str | None:

@@ -17,12 +17,26 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["build_detector", "default_num_classes", "export_detector_onnx", "is_ultralytics_model"]
+__all__ = ["build_detector", "default_num_classes", "detector_yaml", "export_detector_onnx", "is_ultralytics_model"]
 
 
 def default_num_classes(detector: str) -> int:
     """20 (VOC, the paper's) for MAY; 80 (COCO, the published sizes) for ultralytics models."""
     return 20 if detector == "may" else 80
+
+
+def detector_yaml(detector: str, attention: str, where: str, folder: Path, **attention_kwargs) -> str:
+    """The ultralytics model YAML of ``attention`` in ``detector`` (a model name or YAML path):
+    the base model for ``none``, else a copy with the attention placed ``where``, written into
+    ``folder`` under a name that keeps the scale letter ultralytics reads from it."""
+    base = detector if detector.endswith((".yaml", ".yml")) else f"{detector}.yaml"
+    if attention == "none":
+        return base
+    from mlca.ultralytics import yaml_with_attention
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"{Path(base).stem}-{attention}{'-neck' if where == 'neck' else ''}.yaml"
+    return str(yaml_with_attention(base, attention, where, out=out, **attention_kwargs))
 
 
 def is_ultralytics_model(model: nn.Module) -> bool:
@@ -42,15 +56,8 @@ def build_detector(detector: str, attention: str, num_classes: int | None = None
     require_ultralytics("mlca bench --detector")
     from ultralytics.nn.tasks import DetectionModel
 
-    base = detector if detector.endswith((".yaml", ".yml")) else f"{detector}.yaml"
     with tempfile.TemporaryDirectory() as tmp:
-        if attention == "none":
-            yaml_path = base
-        else:
-            from mlca.ultralytics import yaml_with_attention
-
-            stem = Path(base).stem  # ultralytics reads the scale letter from the file name
-            yaml_path = str(yaml_with_attention(base, attention, where, out=Path(tmp) / f"{stem}-{attention}.yaml"))
+        yaml_path = detector_yaml(detector, attention, where, Path(tmp))
         try:
             model = DetectionModel(yaml_path, nc=num_classes, verbose=False)
         except FileNotFoundError as e:
