@@ -16,8 +16,12 @@ from _may_counts import eca_kernel
 ultralytics = pytest.importorskip("_ultralytics_env").ultralytics
 
 
-def test_bench_yolo11n_writes_a_row_per_attention_backend_and_batch(tmp_path, capsys):
+def test_bench_yolo11n_writes_a_row_per_attention_backend_and_batch(tmp_path, capsys, monkeypatch):
     from mlca.cli import main
+    from mlca.ultralytics.offline import OFFLINE_ENV
+
+    for key, value in OFFLINE_ENV.items():  # what offline() sets, undone after the test
+        monkeypatch.setenv(key, value)
 
     out = tmp_path / "bench.csv"
     rc = main(["bench", "--detector", "yolo11n", "--attentions", "none,mlca", "--backends", "eager,onnxruntime",

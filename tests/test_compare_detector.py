@@ -62,9 +62,13 @@ def test_the_map_columns_of_either_trainer_are_found():
 
 
 @pytest.mark.slow
-def test_compare_yolo11n_end_to_end_then_reuses_its_runs(tmp_path, capsys):
+def test_compare_yolo11n_end_to_end_then_reuses_its_runs(tmp_path, capsys, monkeypatch):
     pytest.importorskip("_ultralytics_env")  # offline settings in a temporary folder; skips without ultralytics
     from mlca.cli import main
+    from mlca.ultralytics.offline import OFFLINE_ENV
+
+    for key, value in OFFLINE_ENV.items():  # what offline() sets, undone after the test
+        monkeypatch.setenv(key, value)
 
     out = tmp_path / "cmp"
     args = ["compare", "--detector", "yolo11n", "--attentions", "none,mlca", "--seeds", "1", "--epochs", "1",

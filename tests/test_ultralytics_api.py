@@ -204,6 +204,7 @@ def test_without_mlca_the_user_is_told_to_pip_install_mlca_and_nothing_is_instal
         tmp,
         YOLO_OFFLINE="False",
         ULTRALYTICS_SKIP_REQUIREMENTS_CHECKS="False",
+        YOLO_AUTOINSTALL="True",  # whatever this process inherited: the control needs it on
     )
     assert any("install" in a and "probe_pkg_for_mlca_test" in a for a in result["control"]), result
     assert result["error"] == "KeyError", result
