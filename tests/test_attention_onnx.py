@@ -1,5 +1,6 @@
-"""Every module of the zoo exports with the dynamo ONNX exporter (opset 18) with dynamic batch,
-height and width, and onnxruntime agrees with PyTorch at two sizes of one exported file."""
+"""Every module of the zoo exports to ONNX with both exporters, and onnxruntime agrees with
+PyTorch: the dynamo exporter (opset 18, dynamic batch, height and width, several sizes of one
+file) and the TorchScript-based one (``dynamo=False``, static and with dynamic axes)."""
 
 from __future__ import annotations
 
@@ -41,4 +42,32 @@ def test_onnx_export_dynamic_size_matches_pytorch(name, tmp_path):
         with torch.no_grad():
             expected = m(xs).numpy()
         got = session.run(None, {feed: xs.numpy()})[0]
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5, err_msg=f"{name} at {shape}")
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+@pytest.mark.parametrize("name", NAMES)
+def test_torchscript_exporter_matches_pytorch(name, dynamic, tmp_path):
+    """The TorchScript-based exporter (``dynamo=False``, what ultralytics' ``export`` runs): sizes
+    are traced as tensors there, so a module that computes with them must still export."""
+    gen = torch.Generator().manual_seed(1)
+    m = create_attention(name, C).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    x = torch.randn(2, C, 13, 11, generator=gen)
+    path = tmp_path / f"{name}.onnx"
+    axes = {"x": {0: "b", 2: "h", 3: "w"}, "y": {0: "b", 2: "h", 3: "w"}} if dynamic else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"],
+                          output_names=["y"], dynamic_axes=axes)  # fmt: skip
+    onnx.checker.check_model(str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    shapes = [(2, C, 13, 11), (1, C, 26, 7), (3, C, 1, 1)] if dynamic else [(2, C, 13, 11)]
+    for shape in shapes:
+        xs = torch.randn(*shape, generator=gen)
+        with torch.no_grad():
+            expected = m(xs).numpy()
+        got = session.run(None, {"x": xs.numpy()})[0]
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5, err_msg=f"{name} at {shape}")

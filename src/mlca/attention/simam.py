@@ -23,7 +23,8 @@ class SimAM(nn.Module):
 
     No parameters. Shapes: (B, C, H, W) -> (B, C, H, W), any B >= 0, H, W >= 1.
     The energy is computed in float32 for float16/bfloat16 inputs (sums of squares overflow
-    float16). ONNX: exports (dynamo exporter, opset 18) with dynamic H, W.
+    float16). ONNX: exports with dynamic H, W, by the dynamo exporter (opset 18) and by the
+    TorchScript-based one (``dynamo=False``, what ultralytics' ``export`` uses).
 
     Args:
         channels: C (unused: kept so every module takes the same first argument).
@@ -38,8 +39,12 @@ class SimAM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W) -> (B, C, H, W); the gate has the same shape as x."""
         h, w = x.shape[-2:]
-        # sym_max, not max: a Python comparison would specialise an exported graph to one size
-        n = torch.sym_max(h * w - 1, 1)
+        if isinstance(h, torch.Tensor):
+            # the TorchScript-based ONNX exporter traces sizes as 0-d tensors
+            n = torch.clamp(h * w - 1, min=1)
+        else:
+            # sym_max, not max: a Python comparison would specialise an exported graph to one size
+            n = torch.sym_max(h * w - 1, 1)
         with autocast_off(x):
             xf = x.to(gate_dtype(x, self))
             d = (xf - xf.mean(dim=(2, 3), keepdim=True)).square()
