@@ -50,3 +50,25 @@ def test_an_unknown_detector_is_a_clear_error(capsys):
     assert main(["bench", "--detector", "yolo99z", "--attentions", "none", "--backends", "eager",
                  "--batches", "1", "--sizes", "64", "--reps", "1"]) == 1  # fmt: skip
     assert "yolo99z" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("formulation", ["exact", "dense"])
+def test_detector_export_of_either_mlca_formulation_matches_pytorch(formulation, tmp_path):
+    """The static export ``mlca bench`` times (ultralytics' TorchScript-based exporter) equals the
+    PyTorch model in onnxruntime, with MLCA's exact or dense formulation, at 96 px: feature maps
+    of 24, 12, 6, 3 px, none a multiple of local_size 5."""
+    import numpy as np
+    import torch
+
+    ort = pytest.importorskip("onnxruntime")
+    from mlca.deploy.detectors import build_detector, export_detector_onnx
+
+    torch.manual_seed(0)
+    model = build_detector("yolo11n", "mlca", num_classes=3, where="backbone")
+    path = export_detector_onnx(model, tmp_path / "m.onnx", 96, batch=2, mlca=formulation)
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        expected = model(x)
+    expected = (expected[0] if isinstance(expected, (tuple, list)) else expected).numpy()
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3)

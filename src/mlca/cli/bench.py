@@ -20,7 +20,9 @@ def add_parser(subparsers, name: str = "bench", help: str | None = None) -> argp
     p.add_argument("--backends", default=",".join(DEFAULT_BACKENDS),
                    help=f"comma-separated subset of {', '.join(BACKENDS)} "
                         "(onnxruntime: a static export per batch and size; onnxruntime-dynamic: one "
-                        "`mlca export --dynamic` model for all; onnxruntime-dense: the same with `--mlca dense`)")
+                        "`mlca export --dynamic` model for all; onnxruntime-dense: the same with `--mlca dense`; "
+                        "with --detector, onnxruntime and onnxruntime-dense are static exports by ultralytics' "
+                        "TorchScript-based exporter, MLCA exact or dense)")
     p.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
     p.add_argument("--sizes", default="320,640", help="comma-separated image sizes")
     p.add_argument("--reps", type=int, default=10, help="timed repetitions (median reported)")

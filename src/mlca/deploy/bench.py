@@ -74,9 +74,10 @@ def _runner(model: torch.nn.Module, backend: str, attention: str, tmp: Path, thr
         from .detectors import export_detector_onnx, is_ultralytics_model
 
         if is_ultralytics_model(model):
-            if backend != "onnxruntime":
-                raise ValueError(f"{backend}: MAY only; ultralytics detectors are timed with static exports (onnxruntime)")
-            export_detector_onnx(model, path, size, batch)
+            if backend == "onnxruntime-dynamic":
+                raise ValueError(f"{backend}: MAY only; ultralytics detectors are timed with static exports "
+                                 "(onnxruntime, onnxruntime-dense)")
+            export_detector_onnx(model, path, size, batch, mlca="dense" if backend == "onnxruntime-dense" else "exact")
         elif backend == "onnxruntime":
             export_onnx(model, path, size, batch=batch)
         else:

@@ -69,11 +69,19 @@ def build_detector(detector: str, attention: str, num_classes: int | None = None
     return model
 
 
-def export_detector_onnx(model: nn.Module, path: Path, img_size: int, batch: int = 1, opset: int = 18) -> Path:
+def export_detector_onnx(model: nn.Module, path: Path, img_size: int, batch: int = 1, opset: int = 18,
+                         mlca: str = "exact") -> Path:
     """A static ONNX export of an ultralytics model, with the TorchScript-based exporter that
-    ultralytics itself uses (``dynamo=False``)."""
+    ultralytics itself uses (``dynamo=False``).
+
+    That exporter traces, and a trace may later run at other sizes, so MLCA layers are always
+    written in a size-generic formulation: ``mlca="exact"`` (banded gathers, the seed's values
+    for every input) or ``"dense"`` (averaging matrices; see
+    :func:`mlca.attention.mlca.export_formulation`, which also serves ``YOLO.export``)."""
+    from mlca.attention.mlca import export_formulation
+
     x = torch.zeros(batch, 3, img_size, img_size)
-    with torch.no_grad():
+    with torch.no_grad(), export_formulation(mlca):
         torch.onnx.export(model, (x,), str(path), opset_version=opset, dynamo=False,
                           input_names=["images"], output_names=["output0"])  # fmt: skip
     return path
