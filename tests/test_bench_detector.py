@@ -24,12 +24,13 @@ def test_bench_yolo11n_writes_a_row_per_attention_backend_and_batch(tmp_path, ca
         monkeypatch.setenv(key, value)
 
     out = tmp_path / "bench.csv"
-    rc = main(["bench", "--detector", "yolo11n", "--attentions", "none,mlca", "--backends", "eager,onnxruntime",
-               "--batches", "1", "--sizes", "64", "--reps", "1", "--warmup", "1", "--threads", "1", "--csv", str(out)])  # fmt: skip
+    rc = main(["bench", "--detector", "yolo11n", "--attentions", "none,mlca", "--backends", "eager,onnxruntime,onnxruntime-dense",
+               "--batches", "1,2", "--sizes", "64", "--reps", "1", "--warmup", "1", "--threads", "1", "--csv", str(out)])  # fmt: skip
     assert rc == 0
     rows = list(csv.DictReader(open(out)))
-    assert sorted((r["attention"], r["backend"], r["batch"]) for r in rows) == [
-        ("mlca", "eager", "1"), ("mlca", "onnxruntime", "1"), ("none", "eager", "1"), ("none", "onnxruntime", "1")]  # fmt: skip
+    # the static exports are made again for each batch: a batch-1 export would reject batch 2
+    assert sorted((r["attention"], r["backend"], r["batch"]) for r in rows) == sorted(
+        (a, b, n) for a in ("mlca", "none") for b in ("eager", "onnxruntime", "onnxruntime-dense") for n in "12")
     assert all(float(r["median_ms"]) > 0 for r in rows)
     printed = capsys.readouterr().out
     assert "yolo11n (attention: backbone) latency" in printed

@@ -124,7 +124,7 @@ def bench_may(
     """
     from mlca.attention import list_attentions
 
-    from .detectors import build_detector, default_num_classes
+    from .detectors import build_detector, default_num_classes, is_ultralytics_model
 
     attentions = list(attentions or list_attentions())
     nc = default_num_classes(detector) if num_classes is None else num_classes
@@ -145,24 +145,28 @@ def bench_may(
         runners: dict[tuple[str, str], Callable] = {}
         models = {}
 
+        def per_shape(att: str, backend: str) -> bool:
+            # ultralytics detectors are only exported statically: one export per input shape
+            return backend in _PER_SHAPE or (backend.startswith("onnxruntime") and is_ultralytics_model(models[att]))
+
         def prepare(att: str, backend: str, shape: tuple[int, int] = (1, 320)) -> None:
             t0 = time.perf_counter()
             runners[att, backend] = _runner(models[att], backend, att, Path(tmpdir), threads, shape)
             if backend != "eager":
-                at = f" for {shape[0]}x3x{shape[1]}x{shape[1]}" if backend in _PER_SHAPE else ""
+                at = f" for {shape[0]}x3x{shape[1]}x{shape[1]}" if per_shape(att, backend) else ""
                 log(f"  prepared {att:>10} {backend:<12}{at} in {time.perf_counter() - t0:.0f} s")
 
         for att in attentions:
             torch.manual_seed(seed)
             models[att] = build_detector(detector, att, nc, where, width=width, head=head)
             for backend in backends:
-                if backend not in _PER_SHAPE:
+                if not per_shape(att, backend):
                     prepare(att, backend)
         for size in sizes:
             for batch in batches:
                 for att in attentions:
                     for backend in backends:
-                        if backend in _PER_SHAPE:
+                        if per_shape(att, backend):
                             prepare(att, backend, (batch, size))
                 x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
                 pairs = list(runners)
