@@ -157,8 +157,10 @@ _export_formulation = "exact"
 @contextlib.contextmanager
 def export_formulation(name: str):
     """How MLCA layers are written into graphs exported inside the ``with`` block, where a
-    feature map's size is symbolic (dynamic export) or not a multiple of local_size; concrete
-    multiples always get the block formulation (``_mlca_blocks``, exact and fast).
+    feature map's size is symbolic (dynamic export), not a multiple of local_size, or traced
+    (``jit.trace`` and the TorchScript-based ONNX exporter, which ultralytics' ``export`` uses:
+    a trace may run at other sizes). Concrete multiples outside a trace always get the block
+    formulation (``_mlca_blocks``, exact and fast).
 
     ``"exact"`` (default): banded gathers (``mlca_plain``), the seed's function for every input,
     non-finite values included. ``"dense"``: products with averaging matrices
