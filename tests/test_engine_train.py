@@ -112,6 +112,41 @@ def test_same_seed_same_weights_other_seed_differs(tiny_data, tmp_path):
     assert any(not torch.equal(sa[k], sc[k]) for k in sa if sa[k].dtype.is_floating_point)
 
 
+@pytest.mark.parametrize("head", ["yolov5", "yolov8"])
+def test_channels_last_gives_the_same_loss_and_gradients_as_nchw(head):
+    """The memory format changes the kernels' summation order, nothing else: MAY's loss and every
+    gradient of one training step agree in float64 (to rounding) in either format."""
+    import copy
+
+    from mlca.engine.criterion import build_loss
+    from mlca.models import build_may
+
+    torch.manual_seed(0)
+    nchw = build_may("mlca", num_classes=3, width=0.25, head=head).double().train()
+    cl = copy.deepcopy(nchw).to(memory_format=torch.channels_last)
+    imgs = torch.rand(2, 3, 64, 64, dtype=torch.float64)
+    targets = torch.tensor([[0, 1, 0.5, 0.5, 0.3, 0.4], [1, 2, 0.3, 0.6, 0.2, 0.2]], dtype=torch.float64)
+    losses = []
+    for model, x in ((nchw, imgs), (cl, imgs.contiguous(memory_format=torch.channels_last))):
+        loss, _ = build_loss(model, img_size=64)(model(x), targets)
+        loss.backward()
+        losses.append(loss.detach())
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-10, atol=1e-12)
+    for (name, a), b in zip(nchw.named_parameters(), cl.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-8, atol=1e-10, msg=name)
+
+
+def test_a_channels_last_run_saves_a_checkpoint_that_loads_as_usual(tiny_data, tmp_path):
+    r = T.train(_cfg(tiny_data, tmp_path / "on", epochs=1, autoanchor=False, channels_last="on"))
+    state = load_checkpoint(r.last)["model"]
+    convs = [k for k, v in state.items() if v.dim() == 4 and v.shape[2] * v.shape[3] > 1]
+    assert convs and all(state[k].is_contiguous(memory_format=torch.channels_last) for k in convs)
+    model = load_model(r.last, ema=False)  # a fresh NCHW model: load_state_dict copies the values
+    fresh = {k: v for k, v in model.state_dict().items()}
+    for k, v in state.items():
+        assert torch.equal(fresh[k], v), k
+
+
 @pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tiny_data, tmp_path, monkeypatch):
     import mlca.engine.loss as L

@@ -59,6 +59,8 @@ NON_DEFAULT = {
     "ema_tau": (["--ema-tau", "100"], 100.0),
     "amp": (["--amp", "bf16"], "bf16"),
     "sync_bn": (["--sync-bn"], True),
+    "channels_last": (["--channels-last", "off"], "off"),
+    "cache_images": (["--cache-images", "ram"], "ram"),
     "head": (["--head", "yolov8"], "yolov8"),
     "hyp": (["--hyp", "obj=0.7", "--hyp", "mosaic=0"], {"obj": 0.7, "mosaic": 0}),
     "close_mosaic": (["--close-mosaic", "0"], 0),
@@ -244,6 +246,56 @@ def test_trainer_picks_workers_for_the_device(tmp_path, monkeypatch):
     assert T.Trainer(cfg, DistInfo(), torch.device("cpu")).build_data().workers == 0
     explicit = T.Trainer(dataclasses.replace(cfg, workers=3), DistInfo(), torch.device("cuda")).build_data()
     assert explicit.workers == 3
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_image_cache_where_the_main_process_loads_and_the_images_fit(tmp_path, monkeypatch):
+    from test_engine_train import write_tiny_yolo
+
+    data = str(write_tiny_yolo(tmp_path, n_train=3, n_val=2))
+    cfg = T.TrainConfig(data=data, img_size=64, out=str(tmp_path / "run"))
+
+    def caches(device: str, **kw) -> tuple[bool, bool]:
+        built = T.Trainer(dataclasses.replace(cfg, **kw), DistInfo(), torch.device(device)).build_data()
+        return built.train_loader.dataset.cache, built.val_loader.dataset.cache
+
+    assert caches("cpu") == (True, True)  # auto, workers 0
+    assert caches("cuda") == (False, False)  # auto, worker processes
+    assert caches("cuda", cache_images="ram") == (True, True)
+    assert caches("cpu", cache_images="off") == (False, False)
+    monkeypatch.setattr(T, "IMAGE_CACHE_AUTO_BYTES", 3 * 60 * 60 * 5 - 1)  # the 5 images are >= 60x60
+    assert caches("cpu") == (False, False)
+    with pytest.raises(ValueError, match="cache_images"):
+        T.TrainConfig(cache_images="disk")
+
+
+def test_a_cached_dataset_gives_the_same_samples(tmp_path):
+    from test_engine_train import write_tiny_yolo
+
+    from mlca.data import DetectionDataset, load_dataset_config, read_records
+
+    records = read_records(load_dataset_config(str(write_tiny_yolo(tmp_path, n_train=4, n_val=1))), "train")
+    plain = DetectionDataset(records, 64, augment=True, hyp={"mosaic": 1.0})
+    cached = DetectionDataset(records, 64, augment=True, hyp={"mosaic": 1.0}, cache=True)
+    for epoch in range(2):  # the second pass reads the cache
+        for i in range(len(records)):
+            torch.manual_seed(100 * epoch + i)
+            a = plain[i]
+            torch.manual_seed(100 * epoch + i)
+            b = cached[i]
+            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert len(cached._cache) == len(records)
+
+
+def test_channels_last_on_the_cpu_by_default(tmp_path):
+    cfg = T.TrainConfig(out=str(tmp_path / "run"))
+    fmt = {(d, cl): T.Trainer(dataclasses.replace(cfg, channels_last=cl), DistInfo(), torch.device(d)).memory_format
+           for d in ("cpu", "cuda") for cl in ("auto", "on", "off")}  # fmt: skip
+    assert fmt == {("cpu", "auto"): torch.channels_last, ("cpu", "on"): torch.channels_last,
+                   ("cpu", "off"): torch.contiguous_format, ("cuda", "auto"): torch.contiguous_format,
+                   ("cuda", "on"): torch.channels_last, ("cuda", "off"): torch.contiguous_format}  # fmt: skip
+    with pytest.raises(ValueError, match="channels_last"):
+        T.TrainConfig(channels_last="yes")
 
 
 class FakeClock:

@@ -104,6 +104,9 @@ class TrainConfig:
     ema_tau: float | None = _opt(None, "EMA ramp length in updates (default: a fifth of the run, at most 2000)")
     amp: str = _opt("auto", "mixed precision: auto = fp16 on CUDA, off on the CPU",
                     choices=("auto", "fp16", "bf16", "off"))
+    channels_last: str = _opt("auto", "memory format of the model and the batches: auto = channels-last on the "
+                                      "CPU (MobileNet's depthwise convolutions: a training step a quarter faster), "
+                                      "NCHW on CUDA", choices=("auto", "on", "off"))
     sync_bn: bool = _opt(False, "SyncBatchNorm under multi-GPU DDP (small per-GPU batches)")
     # loss gains and augmentation settings (split into LossGains and AugmentSettings)
     hyp: dict = _opt(factory=dict, metavar="FILE.yaml|KEY=VALUE",
@@ -121,11 +124,15 @@ class TrainConfig:
     exist_ok: bool = _opt(False, "write into --out even if it holds a run")
     resume: bool | str = _opt(False, "continue the interrupted run in --out, or the run of the given "
                                      "last.pt (written into that run's folder), with its own settings; "
-                                     "other options than --device, --workers, --quiet are ignored, "
+                                     "other options than --device, --workers, --cache-images, --quiet are ignored, "
                                      "each named in a warning", metavar="LAST_PT")
     device: str = _opt("", "cpu, cuda, cuda:1 or 1 (default: CUDA if available)")
     workers: int | None = _opt(None, "data-loading worker processes (default: on CUDA min(8, CPUs per "
                                      "local rank), on the CPU 0)")
+    cache_images: str = _opt("auto", "keep decoded images in memory after their first read: auto = when "
+                                     "loading in this process (workers 0, the CPU default) and the decoded "
+                                     "images take at most 1 GiB; ram = always (one copy per worker)",
+                             choices=("auto", "ram", "off"))
     skip_bad: bool = _opt(False, "skip bad images/labels (reported) instead of failing")
     verbose: bool = _opt(True, "only errors and warnings", flag="--quiet")
 
@@ -138,6 +145,10 @@ class TrainConfig:
             (0 < self.lrf <= 1, f"lrf must be in (0, 1], got {self.lrf}"),
             (self.workers is None or self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
             (self.amp in ("auto", "fp16", "bf16", "off"), f"amp must be auto|fp16|bf16|off, got {self.amp!r}"),
+            (self.cache_images in ("auto", "ram", "off"),
+             f"cache_images must be auto|ram|off, got {self.cache_images!r}"),
+            (self.channels_last in ("auto", "on", "off"),
+             f"channels_last must be auto|on|off, got {self.channels_last!r}"),
             (self.optimizer.lower() in ("sgd", "adamw"), f"optimizer must be sgd|adamw, got {self.optimizer!r}"),
             (self.close_mosaic >= 0, f"close_mosaic must be >= 0, got {self.close_mosaic}"),
             (self.val_interval >= 1, f"val_interval must be >= 1, got {self.val_interval}"),
@@ -182,7 +193,7 @@ class TrainingWarning(UserWarning):
 # --- resume -----------------------------------------------------------------------------------
 
 # what may change when a run continues: where and how it runs, not what it computes
-RESUME_MAY_CHANGE = ("resume", "device", "workers", "verbose", "out")
+RESUME_MAY_CHANGE = ("resume", "device", "workers", "cache_images", "verbose", "out")
 
 
 def _resume_checkpoint(cfg: TrainConfig) -> Path:
@@ -261,6 +272,19 @@ def _autocast(device: torch.device, amp: str):
     # bf16 has fp32's exponent range: no loss scaling needed
     scaler = torch.amp.GradScaler(device.type) if dtype is torch.float16 else None
     return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
+
+
+IMAGE_CACHE_AUTO_BYTES = 1 << 30  # cache_images="auto" keeps decoded images up to this size
+
+
+def _use_image_cache(mode: str, workers: int, records: list) -> bool:
+    """Whether the datasets keep decoded images in memory. "auto": only when the main process
+    loads (worker processes are restarted every epoch and would lose their copies) and the
+    decoded uint8 images fit in :data:`IMAGE_CACHE_AUTO_BYTES`. The cache holds exactly what a
+    read gives, so it changes no sample."""
+    if mode != "auto":
+        return mode == "ram"
+    return workers == 0 and sum(3 * r.width * r.height for r in records) <= IMAGE_CACHE_AUTO_BYTES
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -400,11 +424,12 @@ class Trainer:
             val_records = val_records[: cfg.max_val_images]
         if not train_records:
             raise ValueError(f"{cfg.data}: the train split holds no images")
-        train_set = DetectionDataset(train_records, cfg.img_size, augment=True, hyp=self.augment)
-        val_set = DetectionDataset(val_records, cfg.img_size, augment=False, hyp=self.augment) if val_records else None
-
         workers = cfg.workers if cfg.workers is not None else default_workers(
             device.type, os.cpu_count(), local_world_size(info.world_size))
+        cache = _use_image_cache(cfg.cache_images, workers, [*train_records, *val_records])
+        train_set = DetectionDataset(train_records, cfg.img_size, augment=True, hyp=self.augment, cache=cache)
+        val_set = (DetectionDataset(val_records, cfg.img_size, augment=False, hyp=self.augment, cache=cache)
+                   if val_records else None)  # fmt: skip
         local_bs = max(cfg.batch_size // info.world_size, 1)
         sampler = D.make_sampler(train_set, info, shuffle=True, seed=cfg.seed)
         train_loader = DataLoader(train_set, batch_size=local_bs, sampler=sampler, num_workers=workers,
@@ -433,7 +458,14 @@ class Trainer:
             check_anchors(data.train_set, model, thr=self.gains.anchor_t, img_size=cfg.img_size, seed=cfg.seed,
                           verbose=cfg.verbose)
             model_config["anchors"] = model.detect.anchors.tolist()  # the config rebuilds the fitted model
-        return model.to(self.device), model_config
+        return model.to(self.device, memory_format=self.memory_format), model_config
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """channels-last where asked, or on the CPU by default (measured there: MAY's training step
+        ~25% faster, YOLO11n's ~20%); CUDA keeps NCHW by default (not measured on a GPU)."""
+        on = self.cfg.channels_last == "on" or (self.cfg.channels_last == "auto" and self.device.type == "cpu")
+        return torch.channels_last if on else torch.contiguous_format
 
     # --- optimiser, schedule, mixed precision, EMA ---------------------------------------------------
     def build_optimisation(self, model: nn.Module, nb: int) -> _Optimisation:
@@ -503,7 +535,7 @@ class Trainer:
             monitor.batch_ready()
             it = epoch * nb + i
             opt.schedule.apply(opt.optimizer, it)
-            imgs = imgs.to(device, non_blocking=True)
+            imgs = imgs.to(device, non_blocking=True, memory_format=self.memory_format)
             targets = targets.to(device)
             with opt.autocast():
                 raw = model(imgs)
