@@ -12,6 +12,8 @@ with", not the best epoch picked on the validation set.
     python benchmarks/bench_recipe.py                           # both sets, short budget, seed 0
     python benchmarks/bench_recipe.py --budgets short,long --seeds 0,1,2
     python benchmarks/bench_recipe.py --table                   # the table of what is measured
+    python benchmarks/bench_recipe.py --models may-yolov5 --change optimizer=sgd --change lr0=0.01
+                                                                # one change to MAY's defaults
 
 Budgets (epochs, image size, batch): ``short`` 8 / 128 / 16 (mlca compare's), ``long``
 20 / 160 / 16 (what a 2-core CPU affords for six runs within an hour: ~4x the short budget;
@@ -47,8 +49,28 @@ def budget_of(name: str) -> tuple[int, int, int]:
     return e, s, b
 
 
-def run_key(data: str, budget: str, model: str, seed: int, attention: str) -> str:
-    return f"{data}|{budget}|{model}|{attention}|seed{seed}"
+def run_key(data: str, budget: str, model: str, seed: int, attention: str, changes: tuple[str, ...] = ()) -> str:
+    key = f"{data}|{budget}|{model}|{attention}|seed{seed}"
+    return f"{key}|{','.join(changes)}" if changes else key
+
+
+def parse_changes(items: list[str]) -> dict:
+    """``KEY=VALUE`` strings -> TrainConfig values; keys that are not TrainConfig fields are
+    augmentation / loss settings (``hyp``), which TrainConfig checks by name."""
+    import dataclasses
+
+    import yaml
+
+    from mlca.engine.train import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    out: dict = {"hyp": {}}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"bench_recipe: --change {item!r} is not KEY=VALUE")
+        (out if key in fields else out["hyp"])[key] = yaml.safe_load(value)
+    return out
 
 
 # ----------------------------------------------------------------------------- in the child
@@ -83,9 +105,10 @@ def _train_may(spec: dict, run_dir: Path) -> dict:
     from mlca.engine.train import TrainConfig, train
 
     head = spec["model"].split("-", 1)[1]
-    cfg = TrainConfig(data=spec["data"], attention=spec["attention"], head=head, epochs=spec["epochs"],
-                      img_size=spec["img_size"], batch_size=spec["batch"], seed=spec["seed"],
-                      out=run_dir, exist_ok=True)  # fmt: skip
+    changes = parse_changes(spec.get("changes", []))
+    cfg = TrainConfig(**{**dict(data=spec["data"], attention=spec["attention"], head=head, epochs=spec["epochs"],
+                                img_size=spec["img_size"], batch_size=spec["batch"], seed=spec["seed"],
+                                out=run_dir, exist_ok=True), **changes})  # fmt: skip
     res = train(cfg)
     model = mlca.load_model(res.last)
     val = DetectionDataset(_val_set(spec["data"])[0], spec["img_size"], augment=False)
@@ -185,8 +208,9 @@ def table(results: dict) -> str:
 
     groups: dict[tuple, dict[str, list[dict]]] = {}
     for key, r in results.items():
-        data, budget, model, attention, _ = key.split("|")
-        groups.setdefault((data, budget), {}).setdefault(f"{model} ({attention})" if model.startswith("may") else model, []).append(r)
+        data, budget, model, attention, _, *changes = key.split("|")
+        name = f"{model} ({attention}{', ' + changes[0] if changes else ''})" if model.startswith("may") else model
+        groups.setdefault((data, budget), {}).setdefault(name, []).append(r)
 
     def ms(vals: list[float], digits: int = 3) -> str:
         if len(vals) == 1:
@@ -215,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default=",".join(MODELS), help="may-yolov5, may-yolov8, yolo11n, yolov8n")
     p.add_argument("--seeds", default="0")
     p.add_argument("--attention", default="mlca", help="MAY's attention")
+    p.add_argument("--change", action="append", default=[], metavar="KEY=VALUE",
+                   help="a change to MAY's training defaults (a TrainConfig field or a hyp key), repeatable; "
+                        "ultralytics models are run with their own defaults")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads of every run")
     p.add_argument("--results", default=str(OUT / "results.json"))
     p.add_argument("--table", action="store_true", help="print the table of what is measured and stop")
@@ -230,13 +257,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     plan = [(s, b, m, int(seed)) for b in args.budgets.split(",") for seed in args.seeds.split(",")
             for s in args.sets.split(",") for m in args.models.split(",")]  # fmt: skip
+    parse_changes(args.change)  # a bad change fails here, before any run
     for data, budget, model, seed in plan:
-        key = run_key(data, budget, model, seed, args.attention)
+        changes = tuple(args.change) if model.startswith("may-") else ()
+        key = run_key(data, budget, model, seed, args.attention, changes)
         if key in results:
             continue
         e, s, b = budget_of(budget)
         spec = dict(key=key, data=data, model=model, seed=seed, attention=args.attention, epochs=e, img_size=s,
-                    batch=b, threads=args.threads)  # fmt: skip
+                    batch=b, threads=args.threads, changes=list(changes))  # fmt: skip
         print(f"{time.strftime('%H:%M:%S')} {key} ...", flush=True)
         results[key] = run_one(spec) | {"finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         _save(path, results)
