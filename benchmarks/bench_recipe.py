@@ -54,9 +54,15 @@ def run_key(data: str, budget: str, model: str, seed: int, attention: str, chang
     return f"{key}|{','.join(changes)}" if changes else key
 
 
+# MAY's batch-norm settings are constants of mlca.models.layers (YOLOv5's), not training
+# options: a change to one is applied in the run's own process before the model is built.
+BN_CHANGES = {"bn_momentum": "BN_MOMENTUM", "bn_eps": "BN_EPS"}
+
+
 def parse_changes(items: list[str]) -> dict:
     """``KEY=VALUE`` strings -> TrainConfig values; keys that are not TrainConfig fields are
-    augmentation / loss settings (``hyp``), which TrainConfig checks by name."""
+    augmentation / loss settings (``hyp``), which TrainConfig checks by name, except the
+    batch-norm ones of :data:`BN_CHANGES` (``bn``: constant name -> value)."""
     import dataclasses
 
     import yaml
@@ -69,7 +75,10 @@ def parse_changes(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise SystemExit(f"bench_recipe: --change {item!r} is not KEY=VALUE")
-        (out if key in fields else out["hyp"])[key] = yaml.safe_load(value)
+        if key in BN_CHANGES:
+            out.setdefault("bn", {})[BN_CHANGES[key]] = float(yaml.safe_load(value))
+        else:
+            (out if key in fields else out["hyp"])[key] = yaml.safe_load(value)
     return out
 
 
@@ -101,17 +110,20 @@ def ultralytics_dets(results) -> list:
 
 def _train_may(spec: dict, run_dir: Path) -> dict:
     import mlca
+    import mlca.models.layers
     from mlca.data import DetectionDataset
     from mlca.engine.train import TrainConfig, train
 
     head = spec["model"].split("-", 1)[1]
     changes = parse_changes(spec.get("changes", []))
+    for name, value in changes.pop("bn", {}).items():
+        setattr(mlca.models.layers, name, value)
     cfg = TrainConfig(**{**dict(data=spec["data"], attention=spec["attention"], head=head, epochs=spec["epochs"],
                                 img_size=spec["img_size"], batch_size=spec["batch"], seed=spec["seed"],
                                 out=run_dir, exist_ok=True), **changes})  # fmt: skip
     res = train(cfg)
     model = mlca.load_model(res.last)
-    val = DetectionDataset(_val_set(spec["data"])[0], spec["img_size"], augment=False)
+    val = DetectionDataset(_val_set(spec["data"])[0], cfg.img_size, augment=False)  # a changed size too
     m = mlca.evaluate(model, val)
     return {"map50": m.map50, "map": m.map, "own_map50": res.metrics.get("map50"), "own_map": res.metrics.get("map"),
             "params": sum(p.numel() for p in model.parameters())}  # fmt: skip

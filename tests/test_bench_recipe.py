@@ -7,6 +7,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
 PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_recipe.py"
 
@@ -30,6 +31,18 @@ def test_changes_split_into_fields_and_hyp(bench):
         bench.parse_changes(["mosaic"])
     with pytest.raises(ValueError, match="mosiac"):
         TrainConfig(**bench.parse_changes(["mosiac=0"]))  # a misspelt key is an error, not ignored
+
+
+def test_batch_norm_changes_reach_the_built_model(bench, monkeypatch):
+    import mlca.models.layers as layers
+    from mlca import build_may
+
+    changes = bench.parse_changes(["bn_momentum=0.1", "bn_eps=1e-5", "lr0=0.002"])
+    assert changes == {"lr0": 0.002, "hyp": {}, "bn": {"BN_MOMENTUM": 0.1, "BN_EPS": 1e-5}}
+    for name, value in changes["bn"].items():
+        monkeypatch.setattr(layers, name, value)  # what the run's process does before training
+    bns = [m for m in build_may(attention="mlca", num_classes=3).modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(m.momentum == 0.1 and m.eps == 1e-5 for m in bns)
 
 
 def test_a_change_names_its_run_and_its_row(bench):
