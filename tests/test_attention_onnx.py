@@ -20,13 +20,20 @@ NAMES = ["none", "se", "se-resnet", "eca", "cbam", "ca", "mlca", "simam", "ema"]
 C = 16
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_onnx_export_dynamic_size_matches_pytorch(name, tmp_path):
-    gen = torch.Generator().manual_seed(0)
+def _random_module(name: str, seed: int) -> tuple[torch.nn.Module, torch.Generator]:
+    """The zoo module in eval mode with random weights (not its init: every branch matters), and
+    the generator to draw its inputs from."""
+    gen = torch.Generator().manual_seed(seed)
     m = create_attention(name, C).eval()
     with torch.no_grad():
         for p in m.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    return m, gen
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_onnx_export_dynamic_size_matches_pytorch(name, tmp_path):
+    m, gen = _random_module(name, seed=0)
     x = torch.randn(2, C, 8, 6, generator=gen)
     dims = {0: torch.export.Dim("B", min=1), 2: torch.export.Dim("H", min=1), 3: torch.export.Dim("W", min=1)}
     with warnings.catch_warnings():
@@ -50,11 +57,7 @@ def test_onnx_export_dynamic_size_matches_pytorch(name, tmp_path):
 def test_torchscript_exporter_matches_pytorch(name, dynamic, tmp_path):
     """The TorchScript-based exporter (``dynamo=False``, what ultralytics' ``export`` runs): sizes
     are traced as tensors there, so a module that computes with them must still export."""
-    gen = torch.Generator().manual_seed(1)
-    m = create_attention(name, C).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    m, gen = _random_module(name, seed=1)
     x = torch.randn(2, C, 13, 11, generator=gen)
     path = tmp_path / f"{name}.onnx"
     axes = {"x": {0: "b", 2: "h", 3: "w"}, "y": {0: "b", 2: "h", 3: "w"}} if dynamic else None
