@@ -263,7 +263,16 @@ def test_image_cache_where_the_main_process_loads_and_the_images_fit(tmp_path, m
     assert caches("cuda") == (False, False)  # auto, worker processes
     assert caches("cuda", cache_images="ram") == (True, True)
     assert caches("cpu", cache_images="off") == (False, False)
-    monkeypatch.setattr(T, "IMAGE_CACHE_AUTO_BYTES", 3 * 60 * 60 * 5 - 1)  # the 5 images are >= 60x60
+    # the limit counts the images as cached: resized so the long side is img_size (64 here)
+    from mlca.data import load_dataset_config, read_records
+
+    records = [r for split in ("train", "val") for r in read_records(load_dataset_config(data), split)]
+    fitted = sum(3 * round(r.width * 64 / max(r.width, r.height)) * round(r.height * 64 / max(r.width, r.height))
+                 for r in records)  # fmt: skip
+    assert fitted < sum(3 * r.width * r.height for r in records)
+    monkeypatch.setattr(T, "IMAGE_CACHE_AUTO_BYTES", fitted)
+    assert caches("cpu") == (True, True)
+    monkeypatch.setattr(T, "IMAGE_CACHE_AUTO_BYTES", fitted - 1)
     assert caches("cpu") == (False, False)
     with pytest.raises(ValueError, match="cache_images"):
         T.TrainConfig(cache_images="disk")
@@ -275,16 +284,52 @@ def test_a_cached_dataset_gives_the_same_samples(tmp_path):
     from mlca.data import DetectionDataset, load_dataset_config, read_records
 
     records = read_records(load_dataset_config(str(write_tiny_yolo(tmp_path, n_train=4, n_val=1))), "train")
-    plain = DetectionDataset(records, 64, augment=True, hyp={"mosaic": 1.0})
-    cached = DetectionDataset(records, 64, augment=True, hyp={"mosaic": 1.0}, cache=True)
-    for epoch in range(2):  # the second pass reads the cache
+    for hyp in ({"mosaic": 1.0}, {"mosaic": 0.0}):
+        plain = DetectionDataset(records, 64, augment=True, hyp=hyp)
+        cached = DetectionDataset(records, 64, augment=True, hyp=hyp, cache=True)
+        for epoch in range(2):  # the second pass reads the cache
+            for i in range(len(records)):
+                torch.manual_seed(100 * epoch + i)
+                a = plain[i]
+                torch.manual_seed(100 * epoch + i)
+                b = cached[i]
+                assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        assert len(cached._cache) == len(records) and not plain._cache
+        # what the cache holds: the image resized to the network size, not the stored one
+        assert all(max(img.shape[-2:]) == 64 for img in cached._cache.values())
+
+
+@pytest.mark.parametrize("size", [64, 160])  # down- and upscaled: the tiny images are 60-99 px
+def test_samples_match_letterbox_and_mosaic_of_the_stored_image(tmp_path, size):
+    """The dataset resizes each image once (then only pads / tiles it); its samples equal
+    letterbox / mosaic4 / TrainAugment applied to the image as stored, under the same RNG."""
+    from test_engine_train import write_tiny_yolo
+
+    from mlca.data import DetectionDataset, load_dataset_config, read_records
+    from mlca.data.dataset import boxes_to_targets
+    from mlca.data.mosaic import mosaic4
+    from mlca.data.transforms import letterbox
+
+    records = read_records(load_dataset_config(str(write_tiny_yolo(tmp_path, n_train=5, n_val=1))), "train")
+    for augment, mosaic in ((False, 0.0), (True, 0.0), (True, 1.0)):
+        ds = DetectionDataset(records, size, augment=augment, hyp={"mosaic": mosaic}, cache=True)
         for i in range(len(records)):
-            torch.manual_seed(100 * epoch + i)
-            a = plain[i]
-            torch.manual_seed(100 * epoch + i)
-            b = cached[i]
-            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    assert len(cached._cache) == len(records)
+            torch.manual_seed(i)
+            img, targets, _ = ds[i]
+            torch.manual_seed(i)
+            if mosaic:
+                assert torch.rand(()).item() < mosaic
+                others = torch.randint(0, len(ds), (3,)).tolist()
+                ref, bb, lab = mosaic4([ds.load(j) for j in [i, *others]], size)
+            else:
+                image, boxes, lab = ds.load(i)
+                ref, bb, _, _ = letterbox(image, boxes, size)
+                lab = torch.as_tensor(lab)
+            if augment:
+                ref, bb, lab = ds._augment(ref, bb, lab, size)
+            ref = ref.as_subclass(torch.Tensor).float().div_(255.0)
+            assert torch.equal(img, ref)
+            assert torch.equal(targets, boxes_to_targets(bb.as_subclass(torch.Tensor), torch.as_tensor(lab), size))
 
 
 def test_channels_last_on_the_cpu_by_default(tmp_path):

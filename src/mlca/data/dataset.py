@@ -11,6 +11,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as F
 
 from .errors import DataError
 from .images import load_image
@@ -44,7 +46,9 @@ class DetectionDataset(Dataset):
         hyp: augmentation settings overriding the defaults; other keys are ignored, so a
             trainer may pass its whole hyperparameter dict. ``dataset.hyp["mosaic"] = 0``
             turns mosaic off for the last epochs.
-        cache: keep decoded images in memory (per worker) after the first read.
+        cache: keep images in memory (per worker) after their first read, decoded and resized
+            to the network size (long side S, the resize letterbox and mosaic make), so later
+            reads neither decode nor resize again; samples are the same as without it.
 
     ``__getitem__(i) -> (img (3, S, S) float32 in [0, 1], targets (n, 5) float32
     [cls, cx, cy, w, h] normalised by S, meta)``, meta =
@@ -78,22 +82,55 @@ class DetectionDataset(Dataset):
     def load(self, i: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         """``(image (3, H, W) uint8, boxes (n, 4) float32 xyxy original pixels, labels (n,) int64)``.
 
-        The boxes are the training objects: those the record marks ``ignore`` (VOC difficult,
-        COCO crowd) are left out, as they are neither objects to learn nor background.
+        The image as stored, decoded from its file. The boxes are the training objects: those
+        the record marks ``ignore`` (VOC difficult, COCO crowd) are left out, as they are
+        neither objects to learn nor background.
+        """
+        rec = self.records[i]
+        arr = load_image(rec.image)
+        if arr.shape[:2] != (rec.height, rec.width):
+            raise DataError(
+                rec.image, f"image is {arr.shape[1]}x{arr.shape[0]} but its record says {rec.width}x{rec.height}"
+            )
+        boxes, labels = rec.train_objects
+        return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), boxes, labels
+
+    def fitted(self, i: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """:meth:`load`'s image resized so its long side is S (``(3, h', w')`` uint8, aspect kept),
+        with its original-pixel boxes and labels; from the in-memory cache when ``cache``.
+
+        This is the resize :func:`~mlca.data.transforms.letterbox` and
+        :func:`~mlca.data.mosaic.mosaic4` make (same size, same antialiased kernel), so handing
+        them this image with boxes scaled as they would scale them gives the same sample.
         """
         rec = self.records[i]
         img = self._cache.get(i)
         if img is None:
-            arr = load_image(rec.image)
-            if arr.shape[:2] != (rec.height, rec.width):
-                raise DataError(
-                    rec.image, f"image is {arr.shape[1]}x{arr.shape[0]} but its record says {rec.width}x{rec.height}"
-                )
-            img = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+            image, boxes, labels = self.load(i)
+            _, new_w, new_h, _, _ = letterbox_params(rec.width, rec.height, self.img_size)
+            img = F.resize(tv_tensors.Image(image), [new_h, new_w], antialias=True).as_subclass(torch.Tensor)
             if self.cache:
                 self._cache[i] = img
-        boxes, labels = rec.train_objects
+        else:
+            boxes, labels = rec.train_objects
         return img, boxes, labels
+
+    def _for_letterbox(self, i: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """The fitted image with boxes scaled by the letterbox ratio (letterbox then only pads)."""
+        rec = self.records[i]
+        img, boxes, labels = self.fitted(i)
+        ratio = letterbox_params(rec.width, rec.height, self.img_size)[0]
+        return img, torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4) * ratio, labels
+
+    def _for_mosaic(self, i: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """The fitted image with boxes scaled per axis to its pixels, as mosaic4 scales them."""
+        rec = self.records[i]
+        img, boxes, labels = self.fitted(i)
+        h, w = img.shape[-2:]
+        b = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4).clone()
+        b[:, [0, 2]] = b[:, [0, 2]] * (w / rec.width)
+        b[:, [1, 3]] = b[:, [1, 3]] * (h / rec.height)
+        return img, b.numpy(), labels
 
     def meta(self, i: int) -> dict[str, Any]:
         """The letterbox of image ``i``: ``dict(path, orig_size=(h, w), ratio, pad=(pad_x, pad_y))``."""
@@ -104,16 +141,16 @@ class DetectionDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         S = self.img_size
         if not self.augment:
-            image, boxes, labels = self.load(i)
+            image, boxes, labels = self._for_letterbox(i)
             img, bb, _, _ = letterbox(image, boxes, S)
             box_t, lab_t = bb.as_subclass(torch.Tensor), torch.as_tensor(labels)
         else:
             if self.hyp["mosaic"] > 0 and torch.rand(()).item() < self.hyp["mosaic"]:
                 others = torch.randint(0, len(self), (3,)).tolist()
-                samples = [self.load(j) for j in [i, *others]]
+                samples = [self._for_mosaic(j) for j in [i, *others]]
                 img, bb, lab = mosaic4(samples, S, min_visible=self.hyp["min_visible"])
             else:
-                image, boxes, labels = self.load(i)
+                image, boxes, labels = self._for_letterbox(i)
                 img, bb, _, _ = letterbox(image, boxes, S)
                 lab = torch.as_tensor(labels)
             img, box_t, lab_t = self._augment(img, bb, lab, S)

@@ -52,11 +52,15 @@ class ModelEMA:
         self.updates += 1
         d = self.decay()
         msd = unwrap(model).state_dict()
+        floats, targets = [], []
         for k, v in self.ema.state_dict().items():
             if v.dtype.is_floating_point:
-                v.mul_(d).add_(msd[k].detach(), alpha=1.0 - d)
+                floats.append(v)
+                targets.append(msd[k].detach())
             else:  # integer buffers (BN num_batches_tracked) follow the model
                 v.copy_(msd[k])
+        # one multi-tensor kernel for the ~400 entries of a MobileNet instead of two ops per entry
+        torch._foreach_lerp_(floats, targets, 1.0 - d)
 
     def state_dict(self) -> dict:
         return self.ema.state_dict()

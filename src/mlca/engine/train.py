@@ -129,9 +129,9 @@ class TrainConfig:
     device: str = _opt("", "cpu, cuda, cuda:1 or 1 (default: CUDA if available)")
     workers: int | None = _opt(None, "data-loading worker processes (default: on CUDA min(8, CPUs per "
                                      "local rank), on the CPU 0)")
-    cache_images: str = _opt("auto", "keep decoded images in memory after their first read: auto = when "
-                                     "loading in this process (workers 0, the CPU default) and the decoded "
-                                     "images take at most 1 GiB; ram = always (one copy per worker)",
+    cache_images: str = _opt("auto", "keep images in memory after their first read, decoded and resized to "
+                                     "--img-size: auto = when loading in this process (workers 0, the CPU "
+                                     "default) and they take at most 1 GiB; ram = always (one copy per worker)",
                              choices=("auto", "ram", "off"))
     skip_bad: bool = _opt(False, "skip bad images/labels (reported) instead of failing")
     verbose: bool = _opt(True, "only errors and warnings", flag="--quiet")
@@ -277,14 +277,20 @@ def _autocast(device: torch.device, amp: str):
 IMAGE_CACHE_AUTO_BYTES = 1 << 30  # cache_images="auto" keeps decoded images up to this size
 
 
-def _use_image_cache(mode: str, workers: int, records: list) -> bool:
-    """Whether the datasets keep decoded images in memory. "auto": only when the main process
-    loads (worker processes are restarted every epoch and would lose their copies) and the
-    decoded uint8 images fit in :data:`IMAGE_CACHE_AUTO_BYTES`. The cache holds exactly what a
-    read gives, so it changes no sample."""
+def _use_image_cache(mode: str, workers: int, records: list, img_size: int) -> bool:
+    """Whether the datasets keep their images in memory (decoded, resized to ``img_size``).
+    "auto": only when the main process loads (worker processes are restarted every epoch and
+    would lose their copies) and those uint8 images fit in :data:`IMAGE_CACHE_AUTO_BYTES`.
+    The cache holds exactly what a read gives, so it changes no sample."""
     if mode != "auto":
         return mode == "ram"
-    return workers == 0 and sum(3 * r.width * r.height for r in records) <= IMAGE_CACHE_AUTO_BYTES
+    from mlca.data.transforms import letterbox_params
+
+    def nbytes(r: Any) -> int:
+        _, w, h, _, _ = letterbox_params(r.width, r.height, img_size)
+        return 3 * w * h
+
+    return workers == 0 and sum(map(nbytes, records)) <= IMAGE_CACHE_AUTO_BYTES
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -426,7 +432,7 @@ class Trainer:
             raise ValueError(f"{cfg.data}: the train split holds no images")
         workers = cfg.workers if cfg.workers is not None else default_workers(
             device.type, os.cpu_count(), local_world_size(info.world_size))
-        cache = _use_image_cache(cfg.cache_images, workers, [*train_records, *val_records])
+        cache = _use_image_cache(cfg.cache_images, workers, [*train_records, *val_records], cfg.img_size)
         train_set = DetectionDataset(train_records, cfg.img_size, augment=True, hyp=self.augment, cache=cache)
         val_set = (DetectionDataset(val_records, cfg.img_size, augment=False, hyp=self.augment, cache=cache)
                    if val_records else None)  # fmt: skip
