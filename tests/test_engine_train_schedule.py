@@ -45,17 +45,17 @@ def _reference_steps(kind, params, groups_wd, grads, lr, momentum):
     p = [x.detach().double().clone() for x in params]
     state = [dict(m=torch.zeros_like(x), v=torch.zeros_like(x), buf=None) for x in p]
     for t, gs in enumerate(grads, start=1):
-        for x, g, wd, st in zip(p, gs, groups_wd, state):
+        for x, g, wd, s in zip(p, gs, groups_wd, state):
             g = g.double()
             if kind == "sgd":
                 g = g + wd * x
-                st["buf"] = g.clone() if st["buf"] is None else momentum * st["buf"] + g
-                x -= lr * (g + momentum * st["buf"])
+                s["buf"] = g.clone() if s["buf"] is None else momentum * s["buf"] + g
+                x -= lr * (g + momentum * s["buf"])
             else:
                 x *= 1 - lr * wd
-                st["m"] = momentum * st["m"] + (1 - momentum) * g
-                st["v"] = 0.999 * st["v"] + 0.001 * g * g
-                m_hat, v_hat = st["m"] / (1 - momentum**t), st["v"] / (1 - 0.999**t)
+                s["m"] = momentum * s["m"] + (1 - momentum) * g
+                s["v"] = 0.999 * s["v"] + 0.001 * g * g
+                m_hat, v_hat = s["m"] / (1 - momentum**t), s["v"] / (1 - 0.999**t)
                 x -= lr * m_hat / (v_hat.sqrt() + 1e-8)
     return p
 
