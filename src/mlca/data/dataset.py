@@ -11,14 +11,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from torchvision import tv_tensors
-from torchvision.transforms.v2 import functional as F
 
 from .errors import DataError
 from .images import load_image
 from .mosaic import mosaic4
 from .record import Record
-from .transforms import TrainAugment, letterbox, letterbox_params, resolve_hyp
+from .transforms import TrainAugment, fit_image, letterbox, letterbox_params, resolve_hyp
 
 __all__ = ["DetectionDataset", "collate", "boxes_to_targets"]
 
@@ -99,16 +97,15 @@ class DetectionDataset(Dataset):
         """:meth:`load`'s image resized so its long side is S (``(3, h', w')`` uint8, aspect kept),
         with its original-pixel boxes and labels; from the in-memory cache when ``cache``.
 
-        This is the resize :func:`~mlca.data.transforms.letterbox` and
-        :func:`~mlca.data.mosaic.mosaic4` make (same size, same antialiased kernel), so handing
-        them this image with boxes scaled as they would scale them gives the same sample.
+        :func:`~mlca.data.transforms.fit_image`, the resize :func:`~mlca.data.transforms.letterbox`
+        and :func:`~mlca.data.mosaic.mosaic4` make, so handing them this image with boxes scaled
+        as they would scale them gives the same sample.
         """
         rec = self.records[i]
         img = self._cache.get(i)
         if img is None:
             image, boxes, labels = self.load(i)
-            _, new_w, new_h, _, _ = letterbox_params(rec.width, rec.height, self.img_size)
-            img = F.resize(tv_tensors.Image(image), [new_h, new_w], antialias=True).as_subclass(torch.Tensor)
+            img = fit_image(image, self.img_size)
             if self.cache:
                 self._cache[i] = img
         else:

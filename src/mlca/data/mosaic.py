@@ -13,9 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torchvision import tv_tensors
-from torchvision.transforms.v2 import functional as F
 
-from .transforms import PAD_VALUE
+from .transforms import PAD_VALUE, fit_image
 
 __all__ = ["mosaic4"]
 
@@ -48,9 +47,8 @@ def mosaic4(
     all_boxes, all_labels = [], []
     for k, (image, boxes, labels) in enumerate(samples):
         h, w = image.shape[-2:]
-        r = size / max(h, w)
-        nh, nw = max(1, round(h * r)), max(1, round(w * r))
-        img = F.resize(tv_tensors.Image(image), [nh, nw], antialias=True).as_subclass(torch.Tensor)
+        img = fit_image(image, size)
+        nh, nw = img.shape[-2:]
         # top-left corner of the tile on the canvas, so that it touches (xc, yc)
         ox = xc - nw if k in (0, 2) else xc
         oy = yc - nh if k in (0, 1) else yc

@@ -28,6 +28,7 @@ __all__ = [
     "PAD_VALUE",
     "resolve_hyp",
     "letterbox_params",
+    "fit_image",
     "letterbox",
     "random_affine",
     "TrainAugment",
@@ -108,6 +109,16 @@ def letterbox_params(width: int, height: int, size: int) -> tuple[float, int, in
     return ratio, new_w, new_h, (size - new_w) // 2, (size - new_h) // 2
 
 
+def fit_image(image: torch.Tensor, size: int) -> torch.Tensor:
+    """``(3, H, W)`` -> ``(3, new_h, new_w)``: resized (antialiased) so its long side is ``size``,
+    aspect kept (:func:`letterbox_params`' new size). Letterbox and mosaic resize with it; an
+    image already at that size comes back as it is, so resizing once and keeping the result
+    changes nothing downstream."""
+    h, w = image.shape[-2:]
+    _, new_w, new_h, _, _ = letterbox_params(w, h, size)
+    return F.resize(tv_tensors.Image(image), [new_h, new_w], antialias=True).as_subclass(torch.Tensor)
+
+
 def letterbox(
     image: torch.Tensor, boxes: torch.Tensor | np.ndarray, size: int
 ) -> tuple[tv_tensors.Image, tv_tensors.BoundingBoxes, float, tuple[int, int]]:
@@ -125,7 +136,7 @@ def letterbox(
     """
     h, w = image.shape[-2:]
     ratio, new_w, new_h, px, py = letterbox_params(w, h, size)
-    img = F.resize(tv_tensors.Image(image), [new_h, new_w], antialias=True)
+    img = tv_tensors.Image(fit_image(image, size))
     img = F.pad(img, [px, py, size - new_w - px, size - new_h - py], fill=PAD_VALUE)
     b = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4) * ratio
     b = b + torch.tensor([px, py, px, py], dtype=b.dtype)
