@@ -281,7 +281,7 @@ def _use_image_cache(mode: str, workers: int, records: list, img_size: int) -> b
     """Whether the datasets keep their images in memory (decoded, resized to ``img_size``).
     "auto": only when the main process loads (worker processes are restarted every epoch and
     would lose their copies) and those uint8 images fit in :data:`IMAGE_CACHE_AUTO_BYTES`.
-    The cache holds exactly what a read gives, so it changes no sample."""
+    Letterbox and mosaic of a cached image give the same samples as of the stored one."""
     if mode != "auto":
         return mode == "ram"
     from mlca.data.transforms import letterbox_params
