@@ -5,6 +5,7 @@ Usage::
     python benchmarks/bench_mlca.py                 # CPU, YOLO feature shapes
     python benchmarks/bench_mlca.py --quick         # a short smoke run
     python benchmarks/bench_mlca.py --device cuda   # also on a GPU (adds CUDA peak memory)
+    python benchmarks/bench_mlca.py --may --channels-last   # MAY's training maps, as it trains
 
 For every shape and contender it prints the median time of the forward and of forward+backward
 (over repeated runs cycling through several different inputs, so that no run reuses a warm
@@ -55,6 +56,10 @@ YOLO_SHAPES = [(16, 64, 80, 80), (16, 128, 40, 40), (16, 256, 20, 20), (8, 256, 
 # YOLO maps at 416 px: sizes that are not multiples of local_size (the dense-matrix path).
 UNEVEN_SHAPES = [(16, 128, 52, 52), (16, 256, 13, 13)]
 QUICK_SHAPES = [(4, 64, 40, 40), (4, 128, 20, 20)]
+# MLCA in MAY's nine SE slots (MobileNetV3-small) at 128 px, batch 16: `mlca compare`'s training
+# shapes, where the maps are smaller than the 5 x 5 grid or barely larger.
+MAY128_SHAPES = [(16, 16, 32, 32), (16, 96, 8, 8), (16, 240, 8, 8), (16, 120, 8, 8),
+                 (16, 144, 8, 8), (16, 288, 4, 4), (16, 576, 4, 4)]
 
 
 class NaiveMLCA(nn.Module):
@@ -232,12 +237,15 @@ class Row:
     extra: dict = field(default_factory=dict)
 
 
-def bench_shape(shape, contenders, dev, reps, warmup, n_inputs=3, block=1) -> list[Row]:
+def bench_shape(shape, contenders, dev, reps, warmup, n_inputs=3, block=1,
+                memory_format=torch.contiguous_format) -> list[Row]:
     b, c, h, w = shape
     gen = torch.Generator(device="cpu").manual_seed(0)
-    xs = [torch.randn(shape, generator=gen).to(dev) for _ in range(n_inputs)]
+    xs = [torch.randn(shape, generator=gen).to(dev).contiguous(memory_format=memory_format)
+          for _ in range(n_inputs)]
     xs_g = [x.clone().requires_grad_(True) for x in xs]
-    gs = [torch.randn(shape, generator=gen).to(dev) for _ in range(n_inputs)]
+    gs = [torch.randn(shape, generator=gen).to(dev).contiguous(memory_format=memory_format)
+          for _ in range(n_inputs)]
     ref_state = None
     mods = []
     for con in contenders:
@@ -329,6 +337,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stream-ab", action="store_true",
                    help="add the C kernels with outputs always / never written by non-temporal "
                         "stores (the choice the C backend makes by size, STREAM_MIN_BYTES)")
+    p.add_argument("--may", action="store_true",
+                   help="MAY's MLCA shapes at 128 px, batch 16 (mlca compare's training maps)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="inputs and gradients channels_last (what MAY trains with on the CPU)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")
     args = p.parse_args(argv)
 
@@ -341,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     shapes = QUICK_SHAPES if args.quick else YOLO_SHAPES + ([] if args.no_uneven else UNEVEN_SHAPES)
+    if args.may:
+        shapes = MAY128_SHAPES
     if args.shapes:
         try:
             shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes]
@@ -359,11 +373,13 @@ def main(argv: list[str] | None = None) -> int:
     machine = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine()
     print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, torch {torch.__version__}, "
           f"{dev.type} ({machine}), {torch.get_num_threads()} threads, median of {reps}, "
-          f"{args.clock} clock, blocks of {args.block} calls")
+          f"{args.clock} clock, blocks of {args.block} calls"
+          f"{', channels_last' if args.channels_last else ''}")
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     rows: list[Row] = []
     for shape in shapes:
         print(f"shape {shape}", flush=True)
-        rows += bench_shape(shape, contenders, dev, reps, warmup, block=args.block)
+        rows += bench_shape(shape, contenders, dev, reps, warmup, block=args.block, memory_format=fmt)
     print()
     print(markdown_table(rows, dev))
     if args.json:

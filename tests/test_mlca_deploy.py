@@ -145,20 +145,23 @@ def test_torchscript_block_and_gather_paths_keep_non_finite_values_in_their_bins
         _assert_like_reference(scripted(x), x, m, f"at {shape}")
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("backend", ["torch"] + (["c"] if native_available() else []))
 @pytest.mark.parametrize("shape", [(2, 8, 20, 20), (2, 8, 13, 13), (2, 8, 7, 9), (1, 8, 3, 2)])
-def test_custom_ops_agree_with_their_fake_kernels(shape, backend):
+def test_custom_ops_agree_with_their_fake_kernels(shape, backend, channels_last):
     """torch.library.opcheck: the fake (meta) kernels that torch.compile traces with give the
     real kernels' shapes, dtypes and strides, on the block path and on the dense path, with the
-    PyTorch kernels and with the C kernels (the op's ``backend`` argument)."""
+    PyTorch kernels and with the C kernels (the op's ``backend`` argument), NCHW and
+    channels_last (whose C kernels save their bin means bin-major)."""
     from mlca.attention.mlca import op  # noqa: F401  (registers the ops)
 
     m = _model(8)
     wg, wl = m.conv.weight.detach(), m.conv_local.weight.detach()
-    x = torch.randn(shape)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(shape).contiguous(memory_format=fmt)
     torch.library.opcheck(torch.ops.mlca.mlca_fwd.default, (x, wg, wl, 5, 0.5, backend))
     out, local = torch.ops.mlca.mlca_fwd(x, wg, wl, 5, 0.5, backend)
-    g = torch.randn(shape)
+    g = torch.randn(shape).contiguous(memory_format=fmt)
     torch.library.opcheck(torch.ops.mlca.mlca_bwd.default, (g, x, local, wg, wl, 5, 0.5, backend))
 
 

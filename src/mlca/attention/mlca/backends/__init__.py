@@ -19,6 +19,7 @@ import sys
 from typing import TYPE_CHECKING, Optional, Protocol, Tuple
 
 if TYPE_CHECKING:  # only for the annotations: this module must not bind the name of a backend
+    import torch
     from torch import Tensor
 
 __all__ = ["Backend", "BACKEND_NAMES", "get_backend"]
@@ -43,6 +44,10 @@ class Backend(Protocol):
                 local_weight: float) -> Tuple[Tensor, Tensor]:
         """(out (B, C, H, W) in x's dtype and memory format, saved): ``saved`` is the one
         tensor the backward needs besides x and the weights (the (B, C, ls, ls) bin means)."""
+
+    def saved_format(self, x: Tensor) -> torch.memory_format:
+        """The memory format ``forward`` gives ``saved`` for x (what the compiler's fake kernel
+        must state). Optional: a backend without it saves contiguous tensors."""
 
     def backward(self, g: Tensor, x: Tensor, saved: Tensor, w_global: Tensor, w_local: Tensor,
                  local_size: int, local_weight: float,

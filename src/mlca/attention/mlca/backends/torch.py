@@ -172,7 +172,7 @@ def forward(
 ) -> Tuple[Tensor, Tensor]:
     """Forward without autograd: x (B, C, H, W) -> (out (B, C, H, W), local (B, C, ls, ls)).
 
-    ``local`` (the pooled map, float32/float64) is all the backward needs besides x.
+    ``local`` (the pooled map, float32/float64, contiguous) is all the backward needs besides x.
     """
     h, w = x.shape[2], x.shape[3]
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -200,7 +200,9 @@ def forward(
         att = adaptive_mean(adaptive_mean(mixx, 3, w, cached_bins(ls, w, x.device)), 2, h,
                             cached_bins(ls, h, x.device))
         torch.mul(x, att, out=out)
-    return out, local
+    # contiguous whatever x's layout (the pooling of a channels_last x keeps it): the format the
+    # compiler's fake kernel states
+    return out, local.contiguous()
 
 
 def backward(

@@ -30,7 +30,7 @@ except ImportError:  # not built (no compiler at install time): the PyTorch kern
 
 __all__ = [
     "NAME", "ONCE_DIFFERENTIABLE", "STREAM_MIN_BYTES", "native_available", "unsupported", "forward",
-    "backward", "configured",
+    "backward", "saved_format", "configured",
 ]
 
 NAME = "c"
@@ -88,6 +88,13 @@ def _nhwc(x: Tensor) -> bool:
     return not x.is_contiguous()
 
 
+def saved_format(x: Tensor) -> torch.memory_format:
+    """The memory format of the bin means ``forward`` saves for x: channels_last (bin-major,
+    (B, ls, ls, C) in memory, the order the NHWC kernels' gate sequence has) for a channels_last
+    x, else contiguous."""
+    return torch.channels_last if _nhwc(x) else torch.contiguous_format
+
+
 def _flat(w: Tensor, dtype: torch.dtype) -> Tensor:
     """A conv weight (1, 1, k) as k contiguous values of ``dtype``: w itself when it already is
     (only its data pointer is read), else a converted copy."""
@@ -101,14 +108,15 @@ def forward(
     stream_min_bytes: int = STREAM_MIN_BYTES,
 ) -> Tuple[Tensor, Tensor]:
     """x (B, C, H, W) float32/64 on the CPU, NCHW or channels_last -> (out (B, C, H, W) in x's
-    layout, local (B, C, ls, ls)). Outputs of ``stream_min_bytes`` or more are written with
-    non-temporal stores."""
+    layout, local (B, C, ls, ls) in :func:`saved_format`). Outputs of ``stream_min_bytes`` or
+    more are written with non-temporal stores."""
     b, c, h, w = x.shape
+    fmt = saved_format(x)
     if x.numel() == 0:
-        return torch.empty_like(x), torch.zeros(b, c, ls, ls, dtype=x.dtype)
+        return torch.empty_like(x), torch.zeros(b, c, ls, ls, dtype=x.dtype).contiguous(memory_format=fmt)
     wg, wl = _flat(w_global, x.dtype), _flat(w_local, x.dtype)
     out = torch.empty_like(x)  # keeps x's memory format
-    local = torch.empty(b, c, ls, ls, dtype=x.dtype)
+    local = torch.empty(b, c, ls, ls, dtype=x.dtype, memory_format=fmt)
     _mlca_c.forward(x.dtype == torch.float64, x.data_ptr(), out.data_ptr(), local.data_ptr(),
                     wg.data_ptr(), wl.data_ptr(), b, c, h, w, ls, wg.numel(), lw,
                     torch.get_num_threads(), out.nbytes >= stream_min_bytes, _nhwc(x))
@@ -129,6 +137,7 @@ def backward(
     nhwc = _nhwc(x)
     g = g.to(x.dtype).contiguous(memory_format=torch.channels_last if nhwc else
                                  torch.contiguous_format)  # the kernels read g in x's layout
+    local = local.contiguous(memory_format=saved_format(x))  # as forward made it: no copy
     wg, wl = _flat(w_global, x.dtype), _flat(w_local, x.dtype)
     k = wg.numel()
     gx = torch.empty_like(x) if needs[0] else None
@@ -153,6 +162,9 @@ class _Configured:
 
     def unsupported(self, x: Tensor, eager: bool = True) -> Optional[str]:
         return unsupported(x, eager)
+
+    def saved_format(self, x: Tensor) -> torch.memory_format:
+        return saved_format(x)
 
     def forward(self, x, w_global, w_local, ls, lw):
         """As the module's ``forward``: x (B, C, H, W) -> (out, local (B, C, ls, ls))."""

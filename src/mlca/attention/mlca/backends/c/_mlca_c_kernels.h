@@ -3,8 +3,8 @@
  *   SFX  the suffix of the function names (f or d).
  *
  * Shapes (all C-contiguous): x, g, out (P = B*C planes, H, W) -- (B, H, W, C) for the
- * channels_last functions at the end; local, gmix, glocal (P, ls*ls)
- * bin-major inside a plane; sig (B, C + ls*ls*C): per batch the C global gates, then the local
+ * channels_last functions at the end; local, gmix, glocal (P, ls*ls) bin-major inside a plane --
+ * for the channels_last functions local and gmix are (B, ls*ls, C) instead; sig (B, C + ls*ls*C): per batch the C global gates, then the local
  * gates in the seed's sequence order (bin-major: element bin*C + c).
  *
  * Adaptive pooling from n to m uses the bins [floor(i*n/m), ceil((i+1)*n/m)), i < m. The four
@@ -489,9 +489,10 @@ static int FN(forward)(const T *x, T *out, T *local, const T *wg, const T *wl, i
 }
 
 /* The backward's small temporaries, for both memory layouts: gvec, gyg (P); seq, gyl (B*L);
- * pre, gpre (B*(C+L)); gmix, glocal (P*bins); the taps reversed (the adjoint of a correlation is
- * the correlation with reversed taps); pw, the weight-gradient terms pw[which][b][t] in double;
- * and, for NHWC, the per-batch tables mixb, ptb (B*L). */
+ * pre, gpre (B*(C+L)); gmix, glocal (P*bins: plane-major for NCHW; for NHWC gmix is bin-major
+ * (B, bins, C) and glocal unused); the taps reversed (the adjoint of a correlation is the
+ * correlation with reversed taps); pw, the weight-gradient terms pw[which][b][t] in double; and,
+ * for NHWC, the per-batch tables mixb, ptb (B*L). */
 struct FN(bwd_ws) {
     T *gvec, *gyg, *seq, *gyl, *pre, *gpre, *gmix, *glocal, *wgf, *wlf, *mixb, *ptb;
     double *pw;
@@ -550,6 +551,29 @@ static void FN(weight_grads)(const struct FN(bwd_ws) *s, int64_t B, int64_t k, T
     }
 }
 
+/* The transposed gate convs, gpre = [conv^T(gyg, wg) | conv^T(gyl, wl)] per batch, and the
+ * weight-gradient terms pw[which][b][t] = sum_i gy[i] v[i + t - pad] (double), for batches
+ * [b0, b1) once gyg, gyl are complete. Worksharing loops: every thread of a region calls it. */
+static void FN(gate_convs_backward)(const struct FN(bwd_ws) *ws, int64_t b0, int64_t b1, int64_t B,
+                                    int64_t C, int64_t ls, int64_t k)
+{
+    const int64_t L = ls * ls * C, pad = (k - 1) / 2, nb = b1 - b0;
+    const T *gvec = ws->gvec, *seq = ws->seq, *gyg = ws->gyg, *gyl = ws->gyl;
+    double *pw = ws->pw;
+    FN(gate_convs)(gyg, gyl, ws->gpre, ws->wgf, ws->wlf, b0, b1, C, L, k, 0);
+#pragma omp for schedule(static, 1)
+    for (int64_t task = 0; task < 2 * nb * k; ++task) {
+        const int64_t which = task / (nb * k), b = b0 + (task / k) % nb, t = task % k;
+        const T *gy = which ? gyg + b * C : gyl + b * L;
+        const T *v = which ? gvec + b * C : seq + b * L;
+        const int64_t n = which ? C : L;
+        const int64_t lo = pad - t > 0 ? pad - t : 0;
+        const int64_t hi = n + pad - t < n ? n + pad - t : n;
+        pw[which * B * k + b * k + t] =
+            hi > lo ? FN(dot_lanes)(gy + lo, v + lo + t - pad, hi - lo) : 0.0;
+    }
+}
+
 /* The backward of the gates (steps 2-4) for batches [b0, b1), called by every thread of a region
  * with its share [p0, p1) of those batches' planes, once gmix = dL/dmix (P, bins) is complete:
  * recomputes the gates into pre, then gyl/gyg (the gradients before the sigmoids), the transposed
@@ -559,10 +583,9 @@ static void FN(gate_chain_backward)(const struct FN(bwd_ws) *ws, const T *wg, co
                                     int64_t b0, int64_t b1, int64_t p0, int64_t p1, int64_t B,
                                     int64_t C, int64_t ls, int64_t k)
 {
-    const int64_t bins = ls * ls, L = bins * C, row = C + L, pad = (k - 1) / 2, nb = b1 - b0;
+    const int64_t bins = ls * ls, L = bins * C, row = C + L;
     const T *gvec = ws->gvec, *seq = ws->seq, *gmix = ws->gmix;
     T *pre = ws->pre, *gyl = ws->gyl, *gyg = ws->gyg, *gpre = ws->gpre, *glocal = ws->glocal;
-    double *pw = ws->pw;
     FN(gate_convs)(gvec, seq, pre, wg, wl, b0, b1, C, L, k, 1);
     /* gradients of the gates' pre-activations (mix = sg (1 - lw) + sl lw) */
     for (int64_t p = p0; p < p1; ++p) {
@@ -577,20 +600,7 @@ static void FN(gate_chain_backward)(const struct FN(bwd_ws) *ws, const T *wg, co
         gyg[p] = FN(sum_lanes)(gm, bins) * ((T)1 - lw) * s * ((T)1 - s);
     }
 #pragma omp barrier
-    /* the transposed convs: gpre = [conv^T(gyg, wg) | conv^T(gyl, wl)] per batch */
-    FN(gate_convs)(gyg, gyl, gpre, ws->wgf, ws->wlf, b0, b1, C, L, k, 0);
-    /* weight-gradient terms, one (which, batch, tap) per task: sum_i gy[i] v[i + t - pad] */
-#pragma omp for schedule(static, 1)
-    for (int64_t task = 0; task < 2 * nb * k; ++task) {
-        const int64_t which = task / (nb * k), b = b0 + (task / k) % nb, t = task % k;
-        const T *gy = which ? gyg + b * C : gyl + b * L;
-        const T *v = which ? gvec + b * C : seq + b * L;
-        const int64_t n = which ? C : L;
-        const int64_t lo = pad - t > 0 ? pad - t : 0;
-        const int64_t hi = n + pad - t < n ? n + pad - t : n;
-        pw[which * B * k + b * k + t] =
-            hi > lo ? FN(dot_lanes)(gy + lo, v + lo + t - pad, hi - lo) : 0.0;
-    }
+    FN(gate_convs_backward)(ws, b0, b1, B, C, ls, k);
     /* glocal[b, c, bin] = dL/dseq[b, bin*C + c] + dL/dgvec[b, c] / bins */
     for (int64_t p = p0; p < p1; ++p) {
         const int64_t b = p / C, c = p % C;
@@ -750,26 +760,113 @@ static void FN(nhwc_scale_row)(const T *restrict x, T *restrict out, const T *mi
     }
 }
 
-/* mixb (B, bins, C) from the gates pre (B, C + bins*C) and, when glocal is given, ptb
- * (B, bins, C) = glocal / (pooling window area): the per-batch tables of nhwc_scale_row.
- * A worksharing loop over the planes. */
-static void FN(nhwc_tables)(const T *pre, const T *glocal, T *mixb, T *ptb, int64_t b0,
+/* mixb (B, bins, C) from the gates pre (B, C + bins*C) and, when gpre = dL/dpre is given, ptb
+ * (B, bins, C) = dL/dlocal / (pooling window area), where dL/dlocal[b, bin, c] =
+ * gpre[b, C + bin*C + c] + gpre[b, c] / bins: the per-batch tables of nhwc_scale_row. Every
+ * array is bin-major, so each (batch, bin) row is C contiguous values. A worksharing loop. */
+static void FN(nhwc_tables)(const T *pre, const T *gpre, T *mixb, T *ptb, int64_t b0,
                             int64_t b1, int64_t C, int64_t ls, T lw, const struct axis *ah,
                             const struct axis *aw)
 {
     const int64_t bins = ls * ls, L = bins * C, row = C + L;
 #pragma omp for schedule(static)
-    for (int64_t p = b0 * C; p < b1 * C; ++p) {
-        const int64_t b = p / C, c = p % C;
-        const T *sb = pre + b * row;
-        const T gpart = sb[c] * ((T)1 - lw);
-        for (int64_t q = 0; q < bins; ++q) {
-            mixb[b * L + q * C + c] = gpart + sb[C + q * C + c] * lw;
-            if (glocal != NULL)
-                ptb[b * L + q * C + c] = glocal[p * bins + q] * (T)ah->pool_inv[q / ls] *
-                                         (T)aw->pool_inv[q % ls];
+    for (int64_t r = b0 * bins; r < b1 * bins; ++r) {
+        const int64_t b = r / bins, q = r % bins;
+        const T *restrict sg = pre + b * row, *restrict sl = sg + C + q * C;
+        T *restrict mr = mixb + b * L + q * C;
+        for (int64_t c = 0; c < C; ++c)
+            mr[c] = sg[c] * ((T)1 - lw) + sl[c] * lw;
+        if (gpre != NULL) {
+            const T *restrict gg = gpre + b * row, *restrict gs = gg + C + q * C;
+            const T fh = (T)ah->pool_inv[q / ls], fw = (T)aw->pool_inv[q % ls];
+            T *restrict pr = ptb + b * L + q * C;
+            for (int64_t c = 0; c < C; ++c)
+                pr[c] = (gs[c] + gg[c] / (T)bins) * fh * fw;
         }
     }
+}
+
+/* out[c] = sum over the bins q of t[q*C + c] (one batch of a bin-major (bins, C) table), in
+ * sum_lanes' order (4 interleaved partial sums over q, the tail in the first): the same bits as
+ * sum_lanes over the plane's bins. buf: 4 C scratch. */
+static void FN(bin_sums)(const T *restrict t, int64_t C, int64_t bins, T *restrict buf,
+                         T *restrict out)
+{
+    T *restrict s0 = buf, *restrict s1 = buf + C, *restrict s2 = buf + 2 * C,
+               *restrict s3 = buf + 3 * C;
+    for (int64_t c = 0; c < 4 * C; ++c)
+        buf[c] = 0;
+    int64_t q = 0;
+    for (; q + 4 <= bins; q += 4) {
+        const T *restrict g0 = t + q * C, *restrict g1 = g0 + C, *restrict g2 = g1 + C,
+                          *restrict g3 = g2 + C;
+        for (int64_t c = 0; c < C; ++c) {
+            s0[c] += g0[c];
+            s1[c] += g1[c];
+            s2[c] += g2[c];
+            s3[c] += g3[c];
+        }
+    }
+    for (; q < bins; ++q) {
+        const T *restrict g0 = t + q * C;
+        for (int64_t c = 0; c < C; ++c)
+            s0[c] += g0[c];
+    }
+    for (int64_t c = 0; c < C; ++c)
+        out[c] = (s0[c] + s1[c]) + (s2[c] + s3[c]);
+}
+
+/* gvec (B, C) = the bin means of local (B, bins, C), bin-major, for batches [b0, b1): the same
+ * bits as gather_small's means. A worksharing loop; buf: 4 C scratch (NULL: skipped, the
+ * caller reports the failed allocation). */
+static void FN(nhwc_bin_means)(const T *local, T *gvec, int64_t b0, int64_t b1, int64_t C,
+                               int64_t bins, T *buf)
+{
+#pragma omp for schedule(static)
+    for (int64_t b = b0; b < b1; ++b) {
+        if (buf == NULL)
+            continue;
+        T *restrict gv = gvec + b * C;
+        FN(bin_sums)(local + b * bins * C, C, bins, buf, gv);
+        for (int64_t c = 0; c < C; ++c)
+            gv[c] = gv[c] / (T)bins;
+    }
+}
+
+/* The gate chain of the NHWC backward: gate_chain_backward's steps for all B batches with every
+ * array bin-major (gmix = dL/dmix (B, bins, C), complete), so that each step reads and writes
+ * rows of C contiguous values: the gates into pre, gyl and gyg (the gradients before the
+ * sigmoids; gyg sums the bins in sum_lanes' order), gpre and the weight-gradient terms. Contains
+ * worksharing loops: every thread of the region calls it. buf: 4 C scratch (NULL: this thread's
+ * allocation failed, the call reports it; the loops still run their barriers). */
+static void FN(nhwc_gate_chain_backward)(const struct FN(bwd_ws) *ws, const T *wg, const T *wl,
+                                         T lw, int64_t B, int64_t C, int64_t ls, int64_t k,
+                                         T *buf)
+{
+    const int64_t bins = ls * ls, L = bins * C, row = C + L;
+    const T *gmix = ws->gmix;
+    T *pre = ws->pre, *gyl = ws->gyl, *gyg = ws->gyg;
+    FN(gate_convs)(ws->gvec, ws->seq, pre, wg, wl, 0, B, C, L, k, 1);
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < B * bins; ++r) {
+        const int64_t b = r / bins, q = r % bins;
+        const T *restrict s = pre + b * row + C + q * C;
+        const T *restrict gm = gmix + b * L + q * C;
+        T *restrict gy = gyl + b * L + q * C;
+        for (int64_t c = 0; c < C; ++c)
+            gy[c] = gm[c] * lw * s[c] * ((T)1 - s[c]);
+    }
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < B; ++b) {
+        if (buf == NULL)
+            continue;
+        const T *restrict sg = pre + b * row;
+        T *restrict gg = gyg + b * C;
+        FN(bin_sums)(gmix + b * L, C, bins, buf, gg);
+        for (int64_t c = 0; c < C; ++c)
+            gg[c] = gg[c] * ((T)1 - lw) * sg[c] * ((T)1 - sg[c]);
+    }
+    FN(gate_convs_backward)(ws, 0, B, B, C, ls, k);
 }
 
 /* Scratch per thread of the NHWC passes. */
@@ -778,7 +875,9 @@ static size_t FN(nhwc_scratch)(int64_t ls, int64_t C)
     return sizeof(T) * (size_t)(2 * ls * C + 4 * C);
 }
 
-/* Forward for channels_last x, out (B, H, W, C); local (B, C, ls, ls) as in forward(). */
+/* Forward for channels_last x, out (B, H, W, C); local = P x as in forward() but bin-major,
+ * (B, ls, ls, C) in memory (a channels_last (B, C, ls, ls) tensor): that is the gate sequence's
+ * own order, so local is the sequence the local conv reads, and backward_nhwc reads it back. */
 static int FN(forward_nhwc)(const T *x, T *out, T *local, const T *wg, const T *wl, int64_t B,
                             int64_t C, int64_t H, int64_t W, int64_t ls, int64_t k, T lw,
                             int nthreads, int stream)
@@ -791,11 +890,11 @@ static int FN(forward_nhwc)(const T *x, T *out, T *local, const T *wg, const T *
     const int64_t gb = FN(group_batches)(B, C, H, W) >= 2 || B < 2 ? B : 2;
     struct axis ah = {0}, aw = {0};
     int err = axis_init(&ah, H, ls) || axis_init(&aw, W, ls);
-    T *blk = err ? NULL : (T *)malloc(sizeof(T) * (size_t)(P + 2 * B * L + B * row));
+    T *blk = err ? NULL : (T *)malloc(sizeof(T) * (size_t)(P + B * L + B * row));
     err = err || blk == NULL;
     stream = FN(stream_rows)(out, C, stream);
     if (!err) {
-        T *gvec = blk, *seq = gvec + P, *mixb = seq + B * L, *pre = mixb + B * L;
+        T *gvec = blk, *mixb = gvec + P, *pre = mixb + B * L;
 #pragma omp parallel num_threads(use_threads(P * H * W, nthreads))
         {
             T *buf = (T *)thread_alloc(FN(nhwc_scratch)(ls, C), &err);
@@ -810,18 +909,14 @@ static int FN(forward_nhwc)(const T *x, T *out, T *local, const T *wg, const T *
                     FN(nhwc_bin_row)(x, NULL, b, i, H, W, C, &ah, &aw, 0, buf);
                     for (int64_t j = 0; j < ls; ++j) {
                         const T inv = (T)ah.pool_inv[i] * (T)aw.pool_inv[j];
-                        const T *a = buf + j * C;
-                        T *sq = seq + b * L + (i * ls + j) * C;
-                        for (int64_t c = 0; c < C; ++c) {
+                        const T *restrict a = buf + j * C;
+                        T *restrict sq = local + b * L + (i * ls + j) * C;
+                        for (int64_t c = 0; c < C; ++c)
                             sq[c] = a[c] * inv;
-                            local[(b * C + c) * bins + i * ls + j] = a[c] * inv;
-                        }
                     }
                 }
-#pragma omp for schedule(static)
-                for (int64_t p = b0 * C; p < b1 * C; ++p)
-                    gvec[p] = FN(sum_lanes)(local + p * bins, bins) / (T)bins;
-                FN(gate_convs)(gvec, seq, pre, wg, wl, b0, b1, C, L, k, 1);
+                FN(nhwc_bin_means)(local, gvec, b0, b1, C, bins, buf);
+                FN(gate_convs)(gvec, local, pre, wg, wl, b0, b1, C, L, k, 1);
                 FN(nhwc_tables)(pre, NULL, mixb, NULL, b0, b1, C, ls, lw, &ah, &aw);
 #pragma omp for schedule(static)
                 for (int64_t task = b0 * H; task < b1 * H; ++task)
@@ -839,7 +934,8 @@ static int FN(forward_nhwc)(const T *x, T *out, T *local, const T *wg, const T *
     return err;
 }
 
-/* Backward for channels_last g, x, gx (B, H, W, C); the rest as backward(). */
+/* Backward for channels_last g, x, gx (B, H, W, C), local bin-major as forward_nhwc writes it;
+ * the rest as backward(). */
 static int FN(backward_nhwc)(const T *g, const T *x, const T *local, const T *wg, const T *wl,
                              T lw, int64_t B, int64_t C, int64_t H, int64_t W, int64_t ls,
                              int64_t k, T *gx, T *gwg, T *gwl, int nthreads, int stream)
@@ -851,28 +947,21 @@ static int FN(backward_nhwc)(const T *g, const T *x, const T *local, const T *wg
               FN(bwd_init)(&ws, wg, wl, B, C, ls, k, 1);
     stream = gx != NULL && FN(stream_rows)(gx, C, stream);
     if (!err) {
+        ws.seq = (T *)local; /* bin-major: the saved map is the gate sequence (only read) */
 #pragma omp parallel num_threads(use_threads(P * H * W, nthreads))
         {
             T *buf = (T *)thread_alloc(FN(nhwc_scratch)(ls, C), &err);
-            /* gmix = U^T(g * x), written in the planes' (P, bins) layout */
+            /* gmix = U^T(g * x), bin-major (B, bins, C): each (batch, bin row) task sums
+             * straight into its ls * C slice */
 #pragma omp for schedule(static, 1)
             for (int64_t task = 0; task < B * ls; ++task) {
                 const int64_t b = task / ls, i = task % ls;
-                if (buf == NULL)
-                    continue;
-                FN(nhwc_bin_row)(x, g, b, i, H, W, C, &ah, &aw, 1, buf);
-                for (int64_t j = 0; j < ls; ++j)
-                    for (int64_t c = 0; c < C; ++c)
-                        ws.gmix[(b * C + c) * bins + i * ls + j] = buf[j * C + c];
+                FN(nhwc_bin_row)(x, g, b, i, H, W, C, &ah, &aw, 1, ws.gmix + b * L + i * ls * C);
             }
-            int64_t p0, p1;
-            split_range(P, &p0, &p1);
-            FN(gather_small)(local, ws.gvec, ws.seq, p0, p1, C, bins);
-#pragma omp barrier
-            FN(gate_chain_backward)(&ws, wg, wl, lw, 0, B, p0, p1, B, C, ls, k);
-#pragma omp barrier
+            FN(nhwc_bin_means)(local, ws.gvec, 0, B, C, bins, buf);
+            FN(nhwc_gate_chain_backward)(&ws, wg, wl, lw, B, C, ls, k, buf);
             if (gx != NULL) {
-                FN(nhwc_tables)(ws.pre, ws.glocal, ws.mixb, ws.ptb, 0, B, C, ls, lw, &ah, &aw);
+                FN(nhwc_tables)(ws.pre, ws.gpre, ws.mixb, ws.ptb, 0, B, C, ls, lw, &ah, &aw);
 #pragma omp for schedule(static)
                 for (int64_t task = 0; task < B * H; ++task)
                     if (buf != NULL)
