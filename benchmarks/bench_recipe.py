@@ -9,6 +9,16 @@ MAY is scored by ``mlca.evaluate`` on the EMA weights of the last epoch (``last.
 YOLO11n on ultralytics' ``last.pt`` (also the EMA weights), so both are "what training ends
 with", not the best epoch picked on the validation set.
 
+Time to accuracy: every run also keeps its learning curve, ``curve = [[t, mAP50, mAP50-95],
+...]``, one point per epoch, ``t`` the seconds from the run's start (in its process) to the end
+of that epoch (MAY: its per-epoch validation, the same evaluator on the EMA weights; ultralytics:
+its own per-epoch validation). The table's "to YOLO11n's mAP" column is, for a MAY run, the
+first ``t`` at which MAY's mAP50-95 reaches YOLO11n's final mAP50-95 of the same set and budget
+(by the common evaluator; mean over YOLO11n's seeds), next to YOLO11n's own training time: the
+answer to "does MAY reach what YOLO11n ends with, in no more wall time?". A MAY epoch's
+``t`` counts everything up to that epoch's validation (setup, autoanchor, training, the
+validations and checkpoints of the epochs before), so it errs on MAY's side of late.
+
     python benchmarks/bench_recipe.py                           # both sets, short budget, seed 0
     python benchmarks/bench_recipe.py --budgets short,long --seeds 0,1,2
     python benchmarks/bench_recipe.py --table                   # the table of what is measured
@@ -108,7 +118,44 @@ def ultralytics_dets(results) -> list:
     return out
 
 
-def _train_may(spec: dict, run_dir: Path) -> dict:
+def _epoch_ends(t_train: float, durations: list[float]) -> list[float]:
+    """Seconds from the run's start to the end of each epoch, from the time training returned
+    (``t_train``) and the epochs' durations: epoch k ended at t_train minus the durations of the
+    epochs after it. What a run does between epochs (checkpoints) counts to the epoch before, so
+    each end is, if anything, late."""
+    ends, later = [], 0.0
+    for d in reversed(durations):
+        ends.append(t_train - later)
+        later += d
+    return ends[::-1]
+
+
+def may_curve(csv_path: Path, t_train: float) -> list[list[float]]:
+    """[[t, mAP50, mAP50-95], ...] per validated epoch of an mlca run's results.csv."""
+    import csv
+
+    rows = list(csv.DictReader(csv_path.open()))
+    ends = _epoch_ends(t_train, [float(r["time_s"]) for r in rows])
+    return [[t, float(r["map50"]), float(r["map"])] for t, r in zip(ends, rows) if r["map"] not in ("", "nan")]
+
+
+def ultralytics_curve(csv_path: Path, t_train: float) -> list[list[float]]:
+    """[[t, mAP50, mAP50-95], ...] per epoch of an ultralytics results.csv (its own validation;
+    its ``time`` column is cumulative)."""
+    import csv
+
+    rows = [{k.strip(): v for k, v in r.items()} for r in csv.DictReader(csv_path.open())]
+    cum = [float(r["time"]) for r in rows]
+    ends = _epoch_ends(t_train, [b - a for a, b in zip([0.0] + cum[:-1], cum)])
+    return [[t, float(r["metrics/mAP50(B)"]), float(r["metrics/mAP50-95(B)"])] for t, r in zip(ends, rows)]
+
+
+def time_to_reach(curve: list[list[float]], target: float) -> float | None:
+    """The first t of ``curve`` whose mAP50-95 is at least ``target``, or None."""
+    return next((t for t, _, m in curve if m >= target), None)
+
+
+def _train_may(spec: dict, run_dir: Path, t0: float) -> dict:
     import mlca
     import mlca.models.layers
     from mlca.data import DetectionDataset
@@ -122,11 +169,13 @@ def _train_may(spec: dict, run_dir: Path) -> dict:
                                 img_size=spec["img_size"], batch_size=spec["batch"], seed=spec["seed"],
                                 out=run_dir, exist_ok=True), **changes})  # fmt: skip
     res = train(cfg)
+    curve = may_curve(res.run_dir / "results.csv", time.perf_counter() - t0)
     model = mlca.load_model(res.last)
     val = DetectionDataset(_val_set(spec["data"])[0], cfg.img_size, augment=False)  # a changed size too
     m = mlca.evaluate(model, val)
     return {"map50": m.map50, "map": m.map, "own_map50": res.metrics.get("map50"), "own_map": res.metrics.get("map"),
-            "params": sum(p.numel() for p in model.parameters())}  # fmt: skip
+            "params": sum(p.numel() for p in model.parameters()), "curve": curve,
+            "train_wall_s": curve[-1][0] if curve else None}  # fmt: skip
 
 
 def _yolo_data(data: str) -> Path:
@@ -139,7 +188,7 @@ def _yolo_data(data: str) -> Path:
     return folder / "data.yaml"
 
 
-def _train_ultralytics(spec: dict, run_dir: Path) -> dict:
+def _train_ultralytics(spec: dict, run_dir: Path, t0: float) -> dict:
     from mlca.extras import require_ultralytics
 
     require_ultralytics("bench_recipe.py")  # offline before ultralytics' first import
@@ -157,6 +206,8 @@ def _train_ultralytics(spec: dict, run_dir: Path) -> dict:
     model.train(data=str(data_yaml), epochs=spec["epochs"], imgsz=spec["img_size"], batch=spec["batch"],
                 seed=spec["seed"], device="cpu", project=str(run_dir.parent), name=run_dir.name, exist_ok=True,
                 pretrained=False, plots=False, verbose=False, amp=False)  # fmt: skip
+    t_train = time.perf_counter() - t0
+    curve = ultralytics_curve(run_dir / "results.csv", t_train)
     own = model.trainer.metrics if model.trainer is not None else {}
     last = YOLO(str(run_dir / "weights" / "last.pt"))
     records, names = _val_set(spec["data"])
@@ -168,7 +219,8 @@ def _train_ultralytics(spec: dict, run_dir: Path) -> dict:
     m = coco_map(gts, ultralytics_dets(results), names)
     return {"map50": m.map50, "map": m.map, "own_map50": float(own.get("metrics/mAP50(B)", float("nan"))),
             "own_map": float(own.get("metrics/mAP50-95(B)", float("nan"))),
-            "params": sum(p.numel() for p in last.model.parameters())}  # fmt: skip
+            "params": sum(p.numel() for p in last.model.parameters()), "curve": curve,
+            "train_wall_s": t_train}  # fmt: skip
 
 
 def child(spec: dict) -> None:
@@ -178,7 +230,7 @@ def child(spec: dict) -> None:
     run_dir = OUT / "runs" / spec["key"].replace("|", "_")
     t0 = time.perf_counter()
     fn = _train_may if spec["model"].startswith("may-") else _train_ultralytics
-    out = fn(spec, run_dir)
+    out = fn(spec, run_dir, t0)
     out["train_eval_wall_s"] = time.perf_counter() - t0
     print("RESULT " + json.dumps(out), flush=True)
 
@@ -229,17 +281,34 @@ def table(results: dict) -> str:
             return f"{vals[0]:.{digits}f}"
         return f"{statistics.mean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
 
+    def reach(name: str, rs: list[dict], yolo: list[dict] | None) -> str:
+        """MAY: seconds to YOLO11n's final mAP50-95 (s of its runs that got there); YOLO11n: its
+        own training time."""
+        if name == "yolo11n":
+            times = [r["train_wall_s"] for r in rs if r.get("train_wall_s") is not None]
+            return f"{ms(times, 0)} s (its training)" if times else "-"
+        if not name.startswith("may") or not yolo or any("curve" not in r for r in rs):
+            return "-"
+        target = statistics.mean(r["map"] for r in yolo)
+        if target <= 0:
+            return "- (YOLO11n learnt nothing)"
+        times = [t for t in (time_to_reach(r["curve"], target) for r in rs) if t is not None]
+        if not times:
+            return "not reached"
+        return f"{ms(times, 0)} s" + (f" ({len(times)} of {len(rs)} runs)" if len(times) < len(rs) else "")
+
     lines = []
     for (data, budget), models in sorted(groups.items()):
         e, s, b = budget_of(budget)
         lines += [f"\n**{data}, {budget}** ({e} epochs, {s} px, batch {b})\n",
-                  "| model | seeds | params | mAP50 | mAP50-95 | own val mAP50 / mAP50-95 | wall s | CPU s |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+                  "| model | seeds | params | mAP50 | mAP50-95 | own val mAP50 / mAP50-95 | wall s | CPU s "
+                  "| to YOLO11n's mAP50-95 |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
         for name, rs in sorted(models.items()):
             lines.append(
                 f"| {name} | {len(rs)} | {rs[0]['params'] / 1e6:.2f} M | {ms([r['map50'] for r in rs])} | {ms([r['map'] for r in rs])} "
                 f"| {ms([r['own_map50'] for r in rs])} / {ms([r['own_map'] for r in rs])} "
-                f"| {ms([r['wall_s'] for r in rs], 0)} | {ms([r['cpu_s'] for r in rs], 0)} |"
+                f"| {ms([r['wall_s'] for r in rs], 0)} | {ms([r['cpu_s'] for r in rs], 0)} | {reach(name, rs, models.get('yolo11n'))} |"
             )
     return "\n".join(lines)
 

@@ -53,3 +53,40 @@ def test_a_change_names_its_run_and_its_row(bench):
     table = bench.table({plain: row, changed: {**row, "map": 0.09}})
     assert "| may-yolov5 (mlca) | 1 |" in table and "| may-yolov5 (mlca, mosaic=0) | 1 |" in table
     assert "0.090" in table
+
+
+def test_learning_curves_put_each_epoch_at_its_end(bench, tmp_path):
+    """Epoch ends count back from when training returned; the mlca and ultralytics result files
+    give the same curve for the same run."""
+    assert bench._epoch_ends(100.0, [30.0, 20.0, 10.0]) == [70.0, 90.0, 100.0]
+    mlca_csv = tmp_path / "mlca.csv"
+    mlca_csv.write_text("epoch,box_loss,obj_loss,cls_loss,lr,map50,map,fitness,time_s\n"
+                        "1,0.1,0.02,0.05,0.002,0.01,0.004,0.005,12.5\n"
+                        "2,0.1,0.02,0.05,0.002,nan,nan,nan,7.5\n"  # an epoch without validation
+                        "3,0.1,0.02,0.05,0.002,0.2,0.09,0.1,10\n")
+    assert bench.may_curve(mlca_csv, 40.0) == [[22.5, 0.01, 0.004], [40.0, 0.2, 0.09]]
+    ul_csv = tmp_path / "ul.csv"
+    ul_csv.write_text("                  epoch,   time,  metrics/mAP50(B),  metrics/mAP50-95(B)\n"
+                      "1,12.5,0.01,0.004\n2,20,0.05,0.02\n3,30,0.2,0.09\n")
+    assert bench.ultralytics_curve(ul_csv, 40.0) == [[22.5, 0.01, 0.004], [30.0, 0.05, 0.02], [40.0, 0.2, 0.09]]
+    curve = [[20.0, 0.01, 0.004], [30.0, 0.05, 0.02], [40.0, 0.2, 0.09]]
+    assert bench.time_to_reach(curve, 0.02) == 30.0
+    assert bench.time_to_reach(curve, 0.021) == 40.0
+    assert bench.time_to_reach(curve, 0.5) is None
+
+
+def test_the_table_says_when_may_reaches_yolo11n(bench):
+    base = {"params": 3.1e6, "map50": 0.25, "own_map50": 0.25, "wall_s": 50.0, "cpu_s": 90.0}
+    may = {**base, "map": 0.11, "own_map": 0.11, "curve": [[20.0, 0.1, 0.03], [31.0, 0.2, 0.05], [45.0, 0.25, 0.11]]}
+    yolo = {**base, "map": 0.04, "own_map": 0.04, "train_wall_s": 58.0, "curve": [[58.0, 0.08, 0.04]]}
+    slow = {**may, "curve": [[20.0, 0.1, 0.01], [45.0, 0.25, 0.03]]}
+    key = bench.run_key
+    table = bench.table({key("embedded", "short", "may-yolov5", 0, "mlca"): may,
+                         key("embedded", "short", "may-yolov8", 0, "mlca"): slow,
+                         key("embedded", "short", "yolo11n", 0, "mlca"): yolo})
+    assert "| may-yolov5 (mlca) | 1 |" in table and table.split("may-yolov5 (mlca)")[1].split("\n")[0].endswith("| 31 s |")
+    assert table.split("may-yolov8 (mlca)")[1].split("\n")[0].endswith("| not reached |")
+    assert "| 58 s (its training) |" in table
+    # no YOLO11n run of that set and budget: nothing to reach
+    alone = bench.table({key("embedded", "long", "may-yolov5", 0, "mlca"): may})
+    assert alone.split("may-yolov5 (mlca)")[1].split("\n")[0].endswith("| - |")

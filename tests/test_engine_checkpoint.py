@@ -40,6 +40,25 @@ def test_failed_write_leaves_previous_file_intact(tmp_path, monkeypatch):
     assert sorted(x.name for x in tmp_path.iterdir()) == ["last.pt"]  # temp file cleaned up
 
 
+def test_copy_is_the_same_bytes_and_atomic(tmp_path, monkeypatch):
+    last, best = tmp_path / "last.pt", tmp_path / "best.pt"
+    C.save_checkpoint(last, {"epoch": 1, "w": torch.randn(1000)})
+    C.copy_checkpoint(last, best)
+    assert best.read_bytes() == last.read_bytes() and C.load_checkpoint(best)["epoch"] == 1
+    C.save_checkpoint(last, {"epoch": 2, "w": torch.randn(1000)})  # a new last.pt leaves best.pt as it was
+    assert C.load_checkpoint(best)["epoch"] == 1
+
+    def broken_copy(src, dst, length=0):
+        dst.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(C.shutil, "copyfileobj", broken_copy)
+    with pytest.raises(OSError, match="disk full"):
+        C.copy_checkpoint(last, best)
+    assert C.load_checkpoint(best)["epoch"] == 1
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["best.pt", "last.pt"]
+
+
 def test_unserialisable_object_leaves_previous_file_intact(tmp_path):
     p = tmp_path / "last.pt"
     C.save_checkpoint(p, {"epoch": 1})

@@ -9,13 +9,14 @@ train_config, rng, results``.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "load_model", "CheckpointError"]
+__all__ = ["save_checkpoint", "copy_checkpoint", "load_checkpoint", "load_model", "CheckpointError"]
 
 
 class CheckpointError(RuntimeError):
@@ -50,6 +51,31 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
             pass
         raise
     return path
+
+
+def copy_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Copy the checkpoint file ``src`` to ``dst`` atomically (as :func:`save_checkpoint` writes),
+    byte for byte: cheaper than serialising the same state a second time.
+
+    Returns:
+        The path written.
+    """
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    try:
+        with os.fdopen(fd, "wb") as f, open(src, "rb") as source:
+            shutil.copyfileobj(source, f, 16 << 20)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return dst
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -37,7 +37,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mlca.engine import distributed as D
-from mlca.engine.checkpoint import load_checkpoint, save_checkpoint
+from mlca.engine.checkpoint import copy_checkpoint, load_checkpoint, save_checkpoint
 from mlca.engine.dataload import DataWaitMonitor, default_workers, local_world_size
 from mlca.engine.ema import ModelEMA
 from mlca.engine.fitness import fitness
@@ -608,7 +608,7 @@ class Trainer:
         }
         save_checkpoint(self.last_pt, state)
         if is_best or not self.best_pt.exists():
-            save_checkpoint(self.best_pt, state)
+            copy_checkpoint(self.last_pt, self.best_pt)  # the same bytes, not serialised twice
         _write_results_csv(self.run_dir / "results.csv", progress.rows)
         # drawing costs seconds on a busy CPU: every PLOT_EVERY epochs and at the end
         # (``mlca.engine.plots.plot_results(csv)`` redraws them from results.csv at any time)
