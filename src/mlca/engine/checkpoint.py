@@ -8,11 +8,12 @@ train_config, rng, results``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Iterator
 
 import torch
 
@@ -21,6 +22,30 @@ __all__ = ["save_checkpoint", "copy_checkpoint", "load_checkpoint", "load_model"
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, unreadable or not an mlca checkpoint."""
+
+
+@contextlib.contextmanager
+def _atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A binary file that becomes ``path`` only once the block has written it completely.
+
+    The data goes to a temporary file in the same folder (``os.replace`` is only atomic within
+    one filesystem), is flushed and fsynced when the block ends, then swapped in. If the block
+    raises, the temporary file is removed and whatever was at ``path`` stays as it was.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
@@ -35,21 +60,8 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
         The path written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # same directory: os.replace is only atomic within one filesystem
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with _atomic_file(path) as f:
+        torch.save(state, f)
     return path
 
 
@@ -60,21 +72,9 @@ def copy_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     Returns:
         The path written.
     """
-    src, dst = Path(src), Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "wb") as f, open(src, "rb") as source:
-            shutil.copyfileobj(source, f, 16 << 20)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    dst = Path(dst)
+    with open(src, "rb") as source, _atomic_file(dst) as f:
+        shutil.copyfileobj(source, f, 16 << 20)
     return dst
 
 
