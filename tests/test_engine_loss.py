@@ -344,3 +344,78 @@ def test_ciou_gradient_is_finite_for_a_box_of_zero_height_or_width():
     assert torch.isfinite(c).all() and torch.isfinite(pred.grad).all()
     ref = _ref_ciou(np.array([[1, 1, 3, 1 + 1e-3]], float), gt[:1].double().numpy())  # the limit h -> 0
     assert abs(float(c[0]) - float(ref[0])) < 1e-3
+
+
+def _logit_of(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+def test_task_aligned_assignment_picks_the_prediction_that_fits_and_keeps_yolov5_targets():
+    """assign_tal=1 with topk 1: of all (level, anchor, cell) predictions, the one whose decoded
+    box equals the ground truth and whose scores are high is the positive; its box target is the
+    box in its level's grid units relative to its cell, as build_targets gives it."""
+    size, nc = 128, 3
+    gains = LossGains(assign_tal=1, tal_topk=1)
+    loss = YoloLoss(FakeDetector(num_classes=nc), gains)
+    raw = [torch.full((1, 3, size // s, size // s, 5 + nc), -6.0) for s in STRIDES]  # weak everywhere
+    # P4 (stride 16), anchor 1 (62 x 45 px), cell (gj, gi) = (3, 2): centre offset 0.5 + 0.25 in x
+    # (sigmoid * 2 - 0.5 = 0.75 -> sigmoid = 0.625), 0.5 in y (sigmoid 0.5); size factor
+    # (2 sigmoid)^2 = 1 -> sigmoid 0.5: the box is the anchor itself, centred at (44, 56) px
+    p = raw[1][0, 1, 3, 2]
+    p[0], p[1], p[2], p[3] = _logit_of(0.625), 0.0, 0.0, 0.0
+    p[4], p[5 + 2] = _logit_of(0.9), _logit_of(0.9)
+    targets = torch.tensor([[0, 2, 44 / size, 56 / size, 62 / size, 45 / size]])
+    got = assignment_of_tal(loss, raw, targets)
+    assert got == [(1, 0, 1, 3, 2, 2)]
+    _, tbox, _ = loss.build_targets_tal(raw, targets)
+    torch.testing.assert_close(tbox[1], torch.tensor([[44 / 16 - 2, 56 / 16 - 3, 62 / 16, 45 / 16]]))
+    assert len(tbox[0]) == len(tbox[2]) == 0
+
+
+def assignment_of_tal(loss: YoloLoss, raw, targets) -> list[tuple]:
+    tcls, _, indices = loss.build_targets_tal(raw, targets)
+    rows = []
+    for level, ((b, a, gj, gi), c) in enumerate(zip(indices, tcls)):
+        rows += [(level, *map(int, r)) for r in zip(b, a, gj, gi, c)]
+    return rows
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(0, 6), batch=st.integers(1, 2), seed=st.integers(0, 2**31 - 1))
+def test_task_aligned_positives_obey_the_rule(n, batch, seed):
+    """Every positive's cell centre lies inside its box, its class is its box's, no box has more
+    than topk positives, and its box target decodes back to the box (float64 check)."""
+    size, nc, topk = 128, 4, 3
+    gen = torch.Generator().manual_seed(seed)
+    loss = YoloLoss(FakeDetector(num_classes=nc), LossGains(assign_tal=1, tal_topk=topk))
+    raw = raw_outputs(batch, size, nc, gen)
+    img = torch.randint(0, batch, (n, 1), generator=gen).float()
+    cls = torch.randint(0, nc, (n, 1), generator=gen).float()
+    wh = torch.rand(n, 2, generator=gen) * 0.4 + 0.05
+    cxy = wh / 2 + torch.rand(n, 2, generator=gen) * (1 - wh)
+    targets = torch.cat((img, cls, cxy, wh), 1)
+    tcls, tbox, indices = loss.build_targets_tal(raw, targets)
+    per_box: dict[int, int] = {}
+    for level, s in enumerate(STRIDES):
+        b, a, gj, gi = indices[level]
+        for k in range(len(b)):
+            box = tbox[level][k].double()
+            cx, cy = (box[0] + gi[k]) * s, (box[1] + gj[k]) * s
+            w, h = box[2] * s, box[3] * s
+            # the box this target came from: same image, class and geometry
+            cand = [j for j in range(n) if int(targets[j, 0]) == int(b[k]) and int(targets[j, 1]) == int(tcls[level][k])
+                    and abs(targets[j, 2].double() * size - cx) < 1e-3 and abs(targets[j, 3].double() * size - cy) < 1e-3
+                    and abs(targets[j, 4].double() * size - w) < 1e-3 and abs(targets[j, 5].double() * size - h) < 1e-3]
+            assert cand, (level, k)
+            px, py = (gi[k].double() + 0.5) * s, (gj[k].double() + 0.5) * s
+            assert cx - w / 2 < px < cx + w / 2 and cy - h / 2 < py < cy + h / 2
+            per_box[cand[0]] = per_box.get(cand[0], 0) + 1
+    assert all(v <= topk for v in per_box.values())
+    if n:  # the loss runs on this assignment and gives finite values
+        value, items = loss(raw, targets)
+        assert torch.isfinite(value) and torch.isfinite(items).all()
+
+
+def test_assign_tal_must_be_zero_or_one():
+    with pytest.raises(ValueError, match="assign_tal"):
+        LossGains(assign_tal=0.5)

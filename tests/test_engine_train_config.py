@@ -112,7 +112,9 @@ def test_settings_defaults_are_the_previous_values():
                                      "cls_pw": 1.0, "obj_pw": 1.0,
                                      # the anchor-free head's loss and assignment
                                      "box_af": 7.5, "cls_af": 0.5, "dfl": 1.5, "tal_topk": 10.0,
-                                     "tal_alpha": 0.5, "tal_beta": 6.0}
+                                     "tal_alpha": 0.5, "tal_beta": 6.0,
+                                     # the anchor-based head's assignment: YOLOv5's
+                                     "assign_tal": 0.0}
     assert AugmentSettings().to_dict() == {"hsv_h": 0.0, "hsv_s": 0.5, "hsv_v": 0.3, "degrees": 0.0, "translate": 0.1,
                                            "scale": 0.5, "shear": 0.0, "fliplr": 0.5, "flipud": 0.0, "mosaic": 0.5,
                                            "min_size": 2.0, "min_visible": 0.2}

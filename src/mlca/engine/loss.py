@@ -3,7 +3,9 @@
 Targets are matched to anchors by width/height ratio (a target goes to every anchor whose
 ratio to it is below ``anchor_t`` on both sides), and to three cells per level: the cell
 holding its centre and the two neighbours nearest to the centre (the "0.5 offset" trick),
-which triples the positives and lets a cell predict centres in ``(-0.5, 1.5)``.
+which triples the positives and lets a cell predict centres in ``(-0.5, 1.5)``. With the
+``assign_tal`` setting the positives come from the task-aligned assignment instead (the rest
+of the loss unchanged), so that what the assignment alone buys can be measured.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ class LossGains:
     tal_topk: float = 10  # task-aligned assignment: positives per box at most
     tal_alpha: float = 0.5  # exponent of the class score in the alignment metric
     tal_beta: float = 6.0  # exponent of the IoU in the alignment metric
+    # the anchor-based head's assignment: 0 = YOLOv5's ratio matching (the paper's), 1 = the
+    # task-aligned assignment (tal_* settings) over every (level, anchor, cell), everything else
+    # of YOLOv5's loss unchanged: the assignment alone, to measure what it buys
+    assign_tal: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -53,6 +59,9 @@ class LossGains:
             raise ValueError(f"loss gain 'anchor_t' must be > 1 (a ratio), got {self.anchor_t}")
         if self.tal_topk < 1 or self.tal_topk != int(self.tal_topk):
             raise ValueError(f"loss gain 'tal_topk' must be a whole number >= 1, got {self.tal_topk}")
+        if self.assign_tal not in (0.0, 1.0):
+            raise ValueError(f"loss gain 'assign_tal' must be 0 (YOLOv5's ratio matching) or 1 (task-aligned), "
+                             f"got {self.assign_tal}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"loss gain 'label_smoothing' must be in [0, 1), got {self.label_smoothing}")
 
@@ -154,7 +163,8 @@ class YoloLoss:
         # the loss is computed in float32 even under autocast: BCE and CIoU are unstable in fp16
         raw = [p.float() for p in raw]
         anchors = _grid_anchors(self.model).to(device)
-        tcls, tbox, indices = self.build_targets(raw, targets)
+        assign = self.build_targets_tal if self.gains.assign_tal else self.build_targets
+        tcls, tbox, indices = assign(raw, targets)
 
         pos_weight_cls = torch.tensor([self.gains.cls_pw], device=device)
         pos_weight_obj = torch.tensor([self.gains.obj_pw], device=device)
@@ -236,6 +246,60 @@ class YoloLoss:
             indices.append((b, a, gj, gi))
             tbox.append(torch.cat((gxy - torch.stack((gi, gj), 1), gwh), 1))
             tcls.append(c)
+        return tcls, tbox, indices
+
+
+    @torch.no_grad()
+    def build_targets_tal(
+        self, raw: list[Tensor], targets: Tensor
+    ) -> tuple[list[Tensor], list[Tensor], list[tuple[Tensor, Tensor, Tensor, Tensor]]]:
+        """:func:`~mlca.engine.tal.task_aligned_assign` over every (level, anchor, cell) prediction,
+        returned as :meth:`build_targets` returns its assignment.
+
+        Each prediction is decoded as the model decodes it (pixels of the input), its point is its
+        cell's centre, its class scores are ``sigmoid(obj) * sigmoid(cls)`` (``sigmoid(obj)`` alone
+        with one class, where objectness is the class score). A positive's box target is its
+        assigned box in the level's grid units, x, y relative to the cell's corner, as in
+        :meth:`build_targets`; a cell reaches centres in (-0.5, 1.5) only, so the IoU term of the
+        metric favours the cells near a box's centre.
+        """
+        from mlca.engine.loss_af import targets_to_padded
+        from mlca.engine.tal import task_aligned_assign
+
+        device = raw[0].device
+        anchors = _grid_anchors(self.model).to(device)
+        strides = [float(s) for s in self.model.stride]
+        bs = raw[0].shape[0]
+        boxes, scores, points, sizes = [], [], [], []
+        for i, p in enumerate(raw):
+            h, w, s = p.shape[2], p.shape[3], strides[i]
+            gy, gx = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+            cell = torch.stack((gx, gy), -1).to(p.dtype)  # (h, w, 2)
+            xy = (p[..., :2].sigmoid() * 2 - 0.5 + cell) * s  # (B, na, h, w, 2)
+            wh = (p[..., 2:4].sigmoid() * 2) ** 2 * anchors[i].view(1, self.na, 1, 1, 2).to(p.dtype) * s
+            boxes.append(torch.cat((xy - wh / 2, xy + wh / 2), -1).flatten(1, 3))
+            obj = p[..., 4:5].sigmoid()
+            scores.append((obj * p[..., 5:].sigmoid() if self.nc > 1 else obj).flatten(1, 3))
+            points.append(((cell + 0.5) * s).expand(self.na, h, w, 2).reshape(-1, 2))
+            sizes.append((h, w))
+        scale = torch.tensor([sizes[0][1] * strides[0], sizes[0][0] * strides[0]] * 2, device=device,
+                             dtype=raw[0].dtype)
+        labels, gt_boxes, valid = targets_to_padded(targets.to(raw[0].dtype), bs, scale)
+        a = task_aligned_assign(torch.cat(scores, 1), torch.cat(boxes, 1), torch.cat(points, 0), labels,
+                                gt_boxes, valid, topk=int(self.gains.tal_topk), alpha=self.gains.tal_alpha,
+                                beta=self.gains.tal_beta)
+        tcls, tbox, indices = [], [], []
+        start = 0
+        for (h, w), s in zip(sizes, strides):
+            n = self.na * h * w
+            b, k = a.fg[:, start : start + n].nonzero(as_tuple=True)
+            anchor, gj, gi = k // (h * w), (k % (h * w)) // w, k % w
+            g = a.boxes[b, start + k] / s  # (M, 4) xyxy in grid units
+            cxy = (g[:, :2] + g[:, 2:]) / 2 - torch.stack((gi, gj), 1).to(g.dtype)
+            tbox.append(torch.cat((cxy, g[:, 2:] - g[:, :2]), 1).float())
+            tcls.append(a.labels[b, start + k])
+            indices.append((b, anchor, gj, gi))
+            start += n
         return tcls, tbox, indices
 
 
