@@ -61,8 +61,9 @@ def reference_assignment(targets: np.ndarray, size: int, anchor_t: float = 4.0) 
     return out
 
 
-def assignment_of(loss: YoloLoss, raw, targets) -> list[tuple]:
-    tcls, _, indices = loss.build_targets(raw, targets)
+def assignment_of(loss: YoloLoss, raw, targets, tal: bool = False) -> list[tuple]:
+    """(level, img, anchor, gj, gi, cls) of every positive of YOLOv5's (or the task-aligned) assignment."""
+    tcls, _, indices = (loss.build_targets_tal if tal else loss.build_targets)(raw, targets)
     rows = []
     for level, ((b, a, gj, gi), c) in enumerate(zip(indices, tcls)):
         rows += [(level, *map(int, r)) for r in zip(b, a, gj, gi, c)]
@@ -365,19 +366,11 @@ def test_task_aligned_assignment_picks_the_prediction_that_fits_and_keeps_yolov5
     p[0], p[1], p[2], p[3] = _logit_of(0.625), 0.0, 0.0, 0.0
     p[4], p[5 + 2] = _logit_of(0.9), _logit_of(0.9)
     targets = torch.tensor([[0, 2, 44 / size, 56 / size, 62 / size, 45 / size]])
-    got = assignment_of_tal(loss, raw, targets)
+    got = assignment_of(loss, raw, targets, tal=True)
     assert got == [(1, 0, 1, 3, 2, 2)]
     _, tbox, _ = loss.build_targets_tal(raw, targets)
     torch.testing.assert_close(tbox[1], torch.tensor([[44 / 16 - 2, 56 / 16 - 3, 62 / 16, 45 / 16]]))
     assert len(tbox[0]) == len(tbox[2]) == 0
-
-
-def assignment_of_tal(loss: YoloLoss, raw, targets) -> list[tuple]:
-    tcls, _, indices = loss.build_targets_tal(raw, targets)
-    rows = []
-    for level, ((b, a, gj, gi), c) in enumerate(zip(indices, tcls)):
-        rows += [(level, *map(int, r)) for r in zip(b, a, gj, gi, c)]
-    return rows
 
 
 @settings(max_examples=20, deadline=None)
