@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import distance_box_iou_loss
+from torchvision.ops import box_convert, distance_box_iou_loss
 
 from mlca.engine.unwrap import unwrap
 
@@ -178,8 +178,7 @@ class YoloLoss:
             if n:
                 pxy, pwh, _, pcls = p[b, a, gj, gi].split((2, 2, 1, self.nc), dim=1)
                 # the same decoding as the model's eval path, in grid units relative to the cell
-                pxy = pxy.sigmoid() * 2 - 0.5
-                pwh = (pwh.sigmoid() * 2) ** 2 * anchors[i][a]
+                pxy, pwh = _decode(pxy, pwh, anchors[i][a])
                 ciou = bbox_ciou(_cxcywh_to_xyxy(pxy, pwh), _cxcywh_to_xyxy(*tbox[i].split(2, 1)))
                 lbox = lbox + (1.0 - ciou).mean()
                 # objectness learns to predict the box quality, not just presence
@@ -275,9 +274,8 @@ class YoloLoss:
             h, w, s = p.shape[2], p.shape[3], strides[i]
             gy, gx = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
             cell = torch.stack((gx, gy), -1).to(p.dtype)  # (h, w, 2)
-            xy = (p[..., :2].sigmoid() * 2 - 0.5 + cell) * s  # (B, na, h, w, 2)
-            wh = (p[..., 2:4].sigmoid() * 2) ** 2 * anchors[i].view(1, self.na, 1, 1, 2).to(p.dtype) * s
-            boxes.append(torch.cat((xy - wh / 2, xy + wh / 2), -1).flatten(1, 3))
+            oxy, wh = _decode(p[..., :2], p[..., 2:4], anchors[i].view(1, self.na, 1, 1, 2))  # (B, na, h, w, 2)
+            boxes.append(_cxcywh_to_xyxy((oxy + cell) * s, wh * s).flatten(1, 3))
             obj = p[..., 4:5].sigmoid()
             scores.append((obj * p[..., 5:].sigmoid() if self.nc > 1 else obj).flatten(1, 3))
             points.append(((cell + 0.5) * s).expand(self.na, h, w, 2).reshape(-1, 2))
@@ -294,9 +292,9 @@ class YoloLoss:
             n = self.na * h * w
             b, k = a.fg[:, start : start + n].nonzero(as_tuple=True)
             anchor, gj, gi = k // (h * w), (k % (h * w)) // w, k % w
-            g = a.boxes[b, start + k] / s  # (M, 4) xyxy in grid units
-            cxy = (g[:, :2] + g[:, 2:]) / 2 - torch.stack((gi, gj), 1).to(g.dtype)
-            tbox.append(torch.cat((cxy, g[:, 2:] - g[:, :2]), 1).float())
+            g = box_convert(a.boxes[b, start + k] / s, "xyxy", "cxcywh")  # (M, 4) in grid units
+            g[:, :2] -= torch.stack((gi, gj), 1).to(g.dtype)
+            tbox.append(g.float())
             tcls.append(a.labels[b, start + k])
             indices.append((b, anchor, gj, gi))
             start += n
@@ -326,9 +324,16 @@ def bbox_ciou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tensor:
     return diou - alpha * v
 
 
+def _decode(txy: Tensor, twh: Tensor, anchors: Tensor) -> tuple[Tensor, Tensor]:
+    """YOLOv5's box decoding of logits, in grid units (the model's eval path, before the cell
+    offset and the stride): centre offsets in (-0.5, 1.5) from the cell's corner, sizes in
+    (0, 4) anchors. ``txy``, ``twh`` (..., 2); ``anchors`` broadcastable to them."""
+    return txy.sigmoid() * 2 - 0.5, (twh.sigmoid() * 2) ** 2 * anchors
+
+
 def _cxcywh_to_xyxy(xy: Tensor, wh: Tensor) -> Tensor:
-    """(M, 2), (M, 2) -> (M, 4) corners."""
-    return torch.cat((xy - wh / 2, xy + wh / 2), dim=1)
+    """(..., 2), (..., 2) -> (..., 4) corners."""
+    return torch.cat((xy - wh / 2, xy + wh / 2), dim=-1)
 
 
 __all__ = ["BALANCE", "LossGains", "YoloLoss", "bbox_ciou"]
