@@ -146,7 +146,7 @@ def ultralytics_curve(csv_path: Path, t_train: float) -> list[list[float]]:
 
     rows = [{k.strip(): v for k, v in r.items()} for r in csv.DictReader(csv_path.open())]
     cum = [float(r["time"]) for r in rows]
-    ends = _epoch_ends(t_train, [b - a for a, b in zip([0.0] + cum[:-1], cum)])
+    ends = [t_train - (cum[-1] - c) for c in cum]
     return [[t, float(r["metrics/mAP50(B)"]), float(r["metrics/mAP50-95(B)"])] for t, r in zip(ends, rows)]
 
 
@@ -169,13 +169,14 @@ def _train_may(spec: dict, run_dir: Path, t0: float) -> dict:
                                 img_size=spec["img_size"], batch_size=spec["batch"], seed=spec["seed"],
                                 out=run_dir, exist_ok=True), **changes})  # fmt: skip
     res = train(cfg)
-    curve = may_curve(res.run_dir / "results.csv", time.perf_counter() - t0)
+    t_train = time.perf_counter() - t0
+    curve = may_curve(res.run_dir / "results.csv", t_train)
     model = mlca.load_model(res.last)
     val = DetectionDataset(_val_set(spec["data"])[0], cfg.img_size, augment=False)  # a changed size too
     m = mlca.evaluate(model, val)
     return {"map50": m.map50, "map": m.map, "own_map50": res.metrics.get("map50"), "own_map": res.metrics.get("map"),
             "params": sum(p.numel() for p in model.parameters()), "curve": curve,
-            "train_wall_s": curve[-1][0] if curve else None}  # fmt: skip
+            "train_wall_s": t_train}  # fmt: skip
 
 
 def _yolo_data(data: str) -> Path:

@@ -38,8 +38,8 @@ def _mlca_fwd_fake(x, w_global, w_local, local_size, local_weight, backend="torc
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
     saved_format = getattr(get_backend(backend), "saved_format", None)
     fmt = saved_format(x) if saved_format is not None else torch.contiguous_format
-    saved = x.new_empty((x.shape[0], x.shape[1], local_size, local_size), dtype=cdt).contiguous(
-        memory_format=fmt)
+    saved = torch.empty((x.shape[0], x.shape[1], local_size, local_size), dtype=cdt, device=x.device,
+                        memory_format=fmt)
     return torch.empty_like(x), saved
 
 
